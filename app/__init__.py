@@ -1,0 +1,1 @@
+"""The Streamlit feature browser (reads the workspace; never writes but labels)."""

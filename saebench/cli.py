@@ -1,0 +1,55 @@
+"""The `saebench` command line, generated from each subcommand's config dataclass by tyro.
+
+A subcommand lives in `saebench/commands/<name>.py` as a frozen `Args` dataclass (one
+docstring per field becomes its --help) and a `main(args)` function. Heavy imports (torch,
+transformer-lens) happen inside `main`, so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import tyro
+
+from store.errors import UserError
+
+# name -> module under saebench.commands; the order is the order in --help.
+COMMANDS = {
+    "cache": "Cache a model's activations at a hook point into a DuckDB store.",
+    "info": "Describe a store, an SAE folder or a workspace.",
+}
+
+
+def _load(name: str):
+    return importlib.import_module(f"saebench.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    modules = {name: _load(name) for name in COMMANDS}
+    args = tyro.extras.subcommand_cli_from_dict(
+        {name: mod.Args for name, mod in modules.items()},
+        prog="saebench",
+        args=argv,
+        description="saebench: cache, train, evaluate and browse sparse autoencoders.",
+    )
+    command = next(n for n, m in modules.items() if isinstance(args, m.Args))
+    try:
+        modules[command].main(args)
+    except UserError as err:
+        print(f"saebench {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"saebench {command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def main_exit() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model loading, corpus and the DuckDB activation store (imports nothing else of saebench)."""

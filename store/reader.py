@@ -1,0 +1,147 @@
+"""Reading a finished activation store (read-only; holds no DuckDB lock between calls).
+
+The DuckDB file is opened only briefly to read meta, the chunk manifest and tokens; the
+vectors are then read straight from the Parquet shards, so a long training run never keeps
+the store locked and any number of readers coexist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import torch
+
+from store.activation_store import FORMAT, read_meta, shard_dir
+from store.errors import UserError
+from store.shards import read_vectors
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    index: int
+    split: str
+    first_seq: int
+    n_seq: int
+    n_tokens: int
+    act_file: str
+    grad_file: str | None
+    bytes: int
+
+
+def _connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
+    if not path.exists():
+        raise UserError(f"{path}: no such store")
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as err:
+        if "lock" in str(err).lower():
+            raise UserError(f"{path} is being written by another process; wait for it") from None
+        raise UserError(f"{path} is not a saebench store (not a readable DuckDB file)") from None
+    except duckdb.Error:
+        raise UserError(f"{path} is not a saebench store (not a readable DuckDB file)") from None
+
+
+class StoreReader:
+    """A complete store: its meta, chunk manifest, token windows and vectors."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.shards = shard_dir(self.path)
+        with _connect_read_only(self.path) as con:
+            try:
+                self.meta = read_meta(con)
+                rows = con.execute(
+                    "SELECT chunk, split, first_seq, n_seq, n_tokens, act_file, grad_file, bytes "
+                    "FROM chunks ORDER BY chunk"
+                ).fetchall()
+            except duckdb.Error:
+                raise UserError(f"{self.path} is not a saebench store") from None
+        if self.meta.get("format") != FORMAT:
+            raise UserError(f"{self.path} is not a saebench store")
+        self.chunks = [ChunkInfo(*r) for r in rows]
+        if self.meta.get("status") != "complete":
+            raise UserError(
+                f"{self.path} is incomplete ({len(self.chunks)} chunks cached): rerun the same "
+                "`saebench cache` command to finish it"
+            )
+        self._check_shards()
+        self.d_in = int(self.meta["d_in"])
+        self.dtype = self.meta["dtype"]
+        self.ctx = int(self.meta["ctx"])
+
+    def _check_shards(self) -> None:
+        for c in self.chunks:
+            for f in (c.act_file, c.grad_file):
+                if f and not (self.shards / f).exists():
+                    raise UserError(f"{self.path} is truncated: shard {self.shards / f} is missing")
+        total = sum((self.shards / f).stat().st_size for c in self.chunks
+                    for f in (c.act_file, c.grad_file) if f)
+        if total != sum(c.bytes for c in self.chunks):
+            raise UserError(f"{self.path} is truncated: shard sizes differ from the manifest")
+
+    @property
+    def has_grads(self) -> bool:
+        return bool(self.meta.get("with_grads"))
+
+    def split_chunks(self, split: str) -> list[ChunkInfo]:
+        if split not in ("train", "heldout"):
+            raise UserError(f"unknown split '{split}': expected train or heldout")
+        return [c for c in self.chunks if c.split == split]
+
+    def n_tokens(self, split: str, drop_bos: bool = True) -> int:
+        """Tokens in a split; by default those that SAEs see (position 0 excluded)."""
+        chunks = self.split_chunks(split)
+        return sum(c.n_tokens - (c.n_seq if drop_bos else 0) for c in chunks)
+
+    def read_chunk(self, chunk: ChunkInfo, grads: bool = False, drop_bos: bool = True):
+        """One chunk's vectors `[tokens, d_in]` in the stored dtype."""
+        if grads and not chunk.grad_file:
+            raise UserError(f"{self.path} has no gradients: cache it with --with-grads")
+        name = chunk.grad_file if grads else chunk.act_file
+        dtype = "bfloat16" if grads else self.dtype
+        return read_vectors(self.shards / name, self.d_in, dtype, drop_bos=drop_bos)
+
+    def iter_activations(
+        self, split: str, batch_tokens: int = 8192, limit: int | None = None, grads: bool = False
+    ) -> Iterator[torch.Tensor]:
+        """Sequential, finite batches over a split (position 0 excluded), for evaluation."""
+        seen = 0
+        for chunk in self.split_chunks(split):
+            x = self.read_chunk(chunk, grads=grads)
+            for start in range(0, len(x), batch_tokens):
+                part = x[start : start + batch_tokens]
+                if limit is not None:
+                    part = part[: limit - seen]
+                if len(part):
+                    yield part
+                seen += len(part)
+                if limit is not None and seen >= limit:
+                    return
+
+    def token_windows(self, split: str) -> torch.Tensor:
+        """The token windows of a split, `[n_seq, ctx]` (position 0 is BOS)."""
+        chunks = self.split_chunks(split)
+        if not chunks:
+            return torch.empty((0, self.ctx), dtype=torch.long)
+        lo = chunks[0].first_seq
+        hi = chunks[-1].first_seq + chunks[-1].n_seq
+        with _connect_read_only(self.path) as con:
+            ids = con.execute(
+                "SELECT token_id FROM token_ids WHERE seq >= ? AND seq < ? ORDER BY seq, pos",
+                [lo, hi],
+            ).fetchnumpy()["token_id"]
+        return torch.from_numpy(ids.astype("int64")).view(-1, self.ctx)
+
+    def source(self, split: str = "train", **kwargs):
+        """An ActivationSource of shuffled batches over a split."""
+        from store.streaming import StoreSource
+
+        return StoreSource(self, split, **kwargs)
+
+
+def open_store(path: str | Path) -> StoreReader:
+    """Open a finished store read-only, or fail with one clear line."""
+    return StoreReader(Path(path))

@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny random model's store, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from store.activation_store import StoreSpec
+
+TINY_HOOK = "blocks.0.hook_resid_post"
+
+
+def tiny_spec(**overrides) -> StoreSpec:
+    base = dict(
+        model="random:tiny", hook=TINY_HOOK, dataset="austen", ctx=32, n_tokens=4096,
+        n_heldout_tokens=1024, seed=0, dtype="float16", with_grads=False, chunk_seqs=16,
+    )
+    return StoreSpec(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """A complete store from the tiny random model, with gradients."""
+    from store.caching import cache
+
+    path = tmp_path_factory.mktemp("store") / "tiny.duckdb"
+    cache(tiny_spec(with_grads=True), path, progress=False)
+    return path

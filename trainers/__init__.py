@@ -1,0 +1,1 @@
+"""SAE architectures, the one training loop, and SAELens-format save/load."""

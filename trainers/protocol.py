@@ -1,0 +1,41 @@
+"""The SparseCoder protocol: what every SAE architecture provides.
+
+Architectures are specified by behaviour, not parameters: `W_dec` is required (row i is
+latent i's direction), `W_enc` is optional (matching pursuit has none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from jaxtyping import Float
+from torch import Tensor
+
+
+@dataclass
+class LossOut:
+    """A training loss and its named parts (for logging)."""
+
+    total: Tensor
+    """The scalar that the optimiser minimises."""
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    """Named components, e.g. {"mse": ..., "auxk": ...}; detached scalars."""
+    codes: Tensor | None = None
+    """The training-time codes [tokens, d_sae], so the loop can count fires without re-encoding."""
+
+
+@runtime_checkable
+class SparseCoder(Protocol):
+    """An SAE: encode to sparse codes, decode back, and a training loss."""
+
+    d_in: int
+    d_sae: int
+    W_dec: Float[Tensor, "d_sae d_in"]
+    b_dec: Float[Tensor, " d_in"]
+
+    def encode(self, x: Float[Tensor, "tokens d_in"]) -> Float[Tensor, "tokens d_sae"]: ...
+
+    def decode(self, codes: Float[Tensor, "tokens d_sae"]) -> Float[Tensor, "tokens d_in"]: ...
+
+    def loss(self, x: Float[Tensor, "tokens d_in"], ctx: Any) -> LossOut: ...
