@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saebench {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"saebench {command}: interrupted; run the same command again to resume", file=sys.stderr)
+        print(
+            f"saebench {command}: interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -74,7 +74,9 @@ def connect_writer(path: Path) -> duckdb.DuckDBPyConnection:
         if "lock" in msg.lower():
             pid = re.search(r"PID (\d+)", msg)
             who = f" (pid {pid.group(1)})" if pid else ""
-            raise UserError(f"{path} is locked by another writer{who}; wait for it or kill it") from None
+            raise UserError(
+                f"{path} is locked by another writer{who}; wait for it or kill it"
+            ) from None
         raise UserError(f"{path} is not a readable DuckDB file: {msg.splitlines()[0]}") from None
     except duckdb.Error as err:
         raise UserError(f"{path} is not a saebench store: {str(err).splitlines()[0]}") from None
@@ -105,7 +107,7 @@ class StoreWriter:
         for stmt in sql.SCHEMA:
             self.con.execute(stmt)
         self.con.execute(sql.TOKENS_VIEW.format(kind="VIEW"))
-        ids = pa.table({"token_id": pa.array(range(len(vocab)), pa.int32()), "token": vocab})
+        pa.table({"token_id": pa.array(range(len(vocab)), pa.int32()), "token": vocab})
         self.con.execute("INSERT INTO vocab SELECT * FROM ids")
         self.set_meta(
             format=FORMAT,
@@ -132,17 +134,19 @@ class StoreWriter:
             )
 
     def _remove_orphans(self) -> None:
-        known = {f for row in self.con.execute("SELECT act_file, grad_file FROM chunks").fetchall()
-                 for f in row if f}
+        known = {
+            f
+            for row in self.con.execute("SELECT act_file, grad_file FROM chunks").fetchall()
+            for f in row
+            if f
+        }
         for f in self.shards.iterdir():
             if f.name not in known:
                 f.unlink()  # a shard whose chunk never committed (killed run), or a temp file
 
     def set_meta(self, **items) -> None:
         for key, value in items.items():
-            self.con.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, json.dumps(value)]
-            )
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, json.dumps(value)])
 
     def done_chunks(self) -> set[int]:
         return {r[0] for r in self.con.execute("SELECT chunk FROM chunks").fetchall()}
@@ -156,21 +160,36 @@ class StoreWriter:
         grad_file = None
         if chunk.grads is not None:
             grad_file = f"grad-{chunk.index:06d}.parquet"
-            nbytes += write_shard(self.shards / grad_file, encode_rows(seqs, chunk.grads, "bfloat16"))
+            nbytes += write_shard(
+                self.shards / grad_file, encode_rows(seqs, chunk.grads, "bfloat16")
+            )
         n_seq, ctx = chunk.tokens.shape
-        toks = pa.table({
-            "seq": np.repeat(seqs.astype(np.int32), ctx),
-            "pos": np.tile(np.arange(ctx, dtype=np.int16), n_seq),
-            "token_id": chunk.tokens.reshape(-1).astype(np.int32),
-        })
+        pa.table(
+            {
+                "seq": np.repeat(seqs.astype(np.int32), ctx),
+                "pos": np.tile(np.arange(ctx, dtype=np.int16), n_seq),
+                "token_id": chunk.tokens.reshape(-1).astype(np.int32),
+            }
+        )
         sum_norm, sum_x, n_stat = stats
         with self._lock:
             self.con.execute("BEGIN")
             self.con.execute("INSERT INTO token_ids SELECT * FROM toks")
             self.con.execute(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [chunk.index, chunk.split, chunk.first_seq, n_seq, n_seq * ctx, act_file,
-                 grad_file, nbytes, sum_norm, sum_x.tolist(), n_stat],
+                [
+                    chunk.index,
+                    chunk.split,
+                    chunk.first_seq,
+                    n_seq,
+                    n_seq * ctx,
+                    act_file,
+                    grad_file,
+                    nbytes,
+                    sum_norm,
+                    sum_x.tolist(),
+                    n_stat,
+                ],
             )
             self._refresh_views()
             self.con.execute("COMMIT")
@@ -188,14 +207,20 @@ class StoreWriter:
         sum_norm, n = self.con.execute(
             "SELECT sum(sum_norm), sum(n_stat) FROM chunks WHERE split = 'train'"
         ).fetchone()
-        sums = [r[0] for r in self.con.execute(
-            "SELECT sum_x FROM chunks WHERE split = 'train'").fetchall()]
+        sums = [
+            r[0]
+            for r in self.con.execute("SELECT sum_x FROM chunks WHERE split = 'train'").fetchall()
+        ]
         mean = (np.sum(np.array(sums), axis=0) / n).tolist()
-        counts = dict(self.con.execute(
-            "SELECT split, sum(n_tokens) FROM chunks GROUP BY split").fetchall())
+        counts = dict(
+            self.con.execute("SELECT split, sum(n_tokens) FROM chunks GROUP BY split").fetchall()
+        )
         self.set_meta(
             status="complete",
-            n_tokens={"train": int(counts.get("train", 0)), "heldout": int(counts.get("heldout", 0))},
+            n_tokens={
+                "train": int(counts.get("train", 0)),
+                "heldout": int(counts.get("heldout", 0)),
+            },
             norm={"mean_norm": sum_norm / n, "mean": mean, "n_tokens": int(n)},
             completed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
@@ -207,7 +232,7 @@ class StoreWriter:
 
 
 def open_store(path):
-    """Open a finished store read-only (see store.reader); here so writers and readers share a name."""
+    """Open a finished store read-only (see store.reader)."""
     from store.reader import open_store as _open
 
     return _open(path)

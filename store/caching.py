@@ -46,9 +46,10 @@ def plan_chunks(train: np.ndarray, heldout: np.ndarray, chunk_seqs: int) -> list
 
 
 def forward(model, hook: str, tokens: torch.Tensor, with_grads: bool):
-    """Activations at `hook` for `tokens [b, ctx]`, and optionally d(sum of next-token CE)/d(act)."""
+    """Activations at `hook` for `tokens [b, ctx]`; optionally d(sum of next-token CE)/d(act)."""
     saved: dict[str, torch.Tensor] = {}
     if not with_grads:
+
         def keep(act, hook):
             saved["x"] = act.detach()
 
@@ -132,7 +133,11 @@ def prepare(spec: StoreSpec, device: str):
 
 
 def cache(
-    spec: StoreSpec, path: Path, device: str = "cpu", batch_seqs: int = 32, writers: int = 2,
+    spec: StoreSpec,
+    path: Path,
+    device: str = "cpu",
+    batch_seqs: int = 32,
+    writers: int = 2,
     progress: bool = True,
 ) -> dict:
     """Create or resume the store at `path`; returns its meta. See module docstring."""
@@ -143,8 +148,12 @@ def cache(
     created = not path.exists()
     vocab = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
     extra = dict(
-        d_vocab=model.cfg.d_vocab, n_layers=model.cfg.n_layers, bos_policy=BOS_POLICY,
-        bos_token_id=windows.bos_id, eos_token_id=windows.eos_id, corpus_sources=corpus,
+        d_vocab=model.cfg.d_vocab,
+        n_layers=model.cfg.n_layers,
+        bos_policy=BOS_POLICY,
+        bos_token_id=windows.bos_id,
+        eos_token_id=windows.eos_id,
+        corpus_sources=corpus,
         grad_dtype="bfloat16" if spec.with_grads else None,
         grad_of="sum over the window of next-token cross-entropy" if spec.with_grads else None,
         code_version=CODE_VERSION,
@@ -152,8 +161,16 @@ def cache(
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = StoreWriter(path, spec, model.cfg.d_model, vocab, extra)
     try:
-        _run(model, spec, writer, plan_chunks(windows.train, windows.heldout, spec.chunk_seqs),
-             batch_seqs, writers, device, progress)
+        _run(
+            model,
+            spec,
+            writer,
+            plan_chunks(windows.train, windows.heldout, spec.chunk_seqs),
+            batch_seqs,
+            writers,
+            device,
+            progress,
+        )
         meta = writer.finish()
     except KeyboardInterrupt:
         writer.close()  # committed chunks stay; the rerun resumes after them
@@ -171,8 +188,15 @@ def _run(model, spec, writer, chunks, batch_seqs, writers, device, progress) -> 
     done = writer.done_chunks()
     todo = [c for c in chunks if c.index not in done]
     total = sum(c.tokens.size for c in chunks)
-    bar = tqdm(total=total, initial=total - sum(c.tokens.size for c in todo), unit="tok",
-               unit_scale=True, desc="cache", disable=not progress, smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        initial=total - sum(c.tokens.size for c in todo),
+        unit="tok",
+        unit_scale=True,
+        desc="cache",
+        disable=not progress,
+        smoothing=0.1,
+    )
     in_flight: list[Future] = []
     with ThreadPoolExecutor(max_workers=writers) as pool:
         try:

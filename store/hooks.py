@@ -21,7 +21,9 @@ def validate_hook(model, hook: str) -> str:
     if hook in names:
         return hook
     close = difflib.get_close_matches(hook, names, n=3, cutoff=0.5)
-    hint = f"; closest: {', '.join(close)}" if close else f"; e.g. {default_hook(model.cfg.n_layers)}"
+    hint = (
+        f"; closest: {', '.join(close)}" if close else f"; e.g. {default_hook(model.cfg.n_layers)}"
+    )
     raise UserError(f"unknown hook '{hook}' for this model{hint}")
 
 

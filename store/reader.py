@@ -77,8 +77,12 @@ class StoreReader:
             for f in (c.act_file, c.grad_file):
                 if f and not (self.shards / f).exists():
                     raise UserError(f"{self.path} is truncated: shard {self.shards / f} is missing")
-        total = sum((self.shards / f).stat().st_size for c in self.chunks
-                    for f in (c.act_file, c.grad_file) if f)
+        total = sum(
+            (self.shards / f).stat().st_size
+            for c in self.chunks
+            for f in (c.act_file, c.grad_file)
+            if f
+        )
         if total != sum(c.bytes for c in self.chunks):
             raise UserError(f"{self.path} is truncated: shard sizes differ from the manifest")
 

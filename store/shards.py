@@ -24,9 +24,7 @@ import torch
 STORED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def encode_rows(
-    seqs: np.ndarray, vectors: torch.Tensor, dtype: str
-) -> pa.Table:
+def encode_rows(seqs: np.ndarray, vectors: torch.Tensor, dtype: str) -> pa.Table:
     """A table of one row per token from `vectors [n_seq, ctx, d]` for sequence ids `seqs`."""
     n_seq, ctx, d = vectors.shape
     raw = vectors.to(STORED_DTYPES[dtype]).contiguous().view(torch.int16).numpy()

@@ -34,7 +34,8 @@ SCHEMA = [
     # Little-endian 16-bit words of a blob, as integers.
     """CREATE OR REPLACE MACRO saebench_words(b) AS
        list_transform(range(octet_length(b) // 2),
-         lambda i: ('0x' || substr(hex(b), 4 * i + 3, 2) || substr(hex(b), 4 * i + 1, 2))::INTEGER)""",
+         lambda i: ('0x' || substr(hex(b), 4 * i + 3, 2)
+                    || substr(hex(b), 4 * i + 1, 2))::INTEGER)""",
     """CREATE OR REPLACE MACRO saebench_vec(b, dtype) AS
        list_transform(saebench_words(b), lambda u:
          (CASE WHEN dtype = 'bfloat16' THEN saebench_bf16(u) ELSE saebench_f16(u) END)::FLOAT)""",
@@ -51,8 +52,14 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def vector_views(shard_dir: Path, act_files: list[str], grad_files: list[str], kind: str,
-                 act_dtype: str, grad_dtype: str) -> list[str]:
+def vector_views(
+    shard_dir: Path,
+    act_files: list[str],
+    grad_files: list[str],
+    kind: str,
+    act_dtype: str,
+    grad_dtype: str,
+) -> list[str]:
     """Views over exactly the committed shards (never a glob, which could catch a shard whose
     chunk is not committed yet)."""
     sqls = []

@@ -62,7 +62,9 @@ class StoreSource:
             if self._memory is None:
                 x, g = self._load(self.chunks, self.has_grads)
                 self._memory = InMemorySource(x, g, stats=self.stats())
-            yield from self._memory.batches(batch_size, seed=seed, start=start, with_grads=with_grads)
+            yield from self._memory.batches(
+                batch_size, seed=seed, start=start, with_grads=with_grads
+            )
             return
         per_epoch = self.n_tokens // batch_size
         if per_epoch == 0:
@@ -70,7 +72,9 @@ class StoreSource:
         epoch, offset = divmod(start, per_epoch)
         with ThreadPoolExecutor(max_workers=1) as pool:
             while True:
-                yield from self._epoch(pool, batch_size, seed, epoch, offset * batch_size, with_grads)
+                yield from self._epoch(
+                    pool, batch_size, seed, epoch, offset * batch_size, with_grads
+                )
                 epoch, offset = epoch + 1, 0
 
     def _groups(self, seed: int, epoch: int) -> list[list[ChunkInfo]]:

@@ -74,7 +74,9 @@ def pack(
 
 def count_tokens(docs: Sequence[Document], tokenizer) -> int:
     """Total tokens in documents (used to explain a too-large --tokens)."""
-    return sum(len(ids) for ids in tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"])
+    return sum(
+        len(ids) for ids in tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    )
 
 
 def build_windows(

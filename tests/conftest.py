@@ -13,8 +13,16 @@ TINY_HOOK = "blocks.0.hook_resid_post"
 
 def tiny_spec(**overrides) -> StoreSpec:
     base = dict(
-        model="random:tiny", hook=TINY_HOOK, dataset="austen", ctx=32, n_tokens=4096,
-        n_heldout_tokens=1024, seed=0, dtype="float16", with_grads=False, chunk_seqs=16,
+        model="random:tiny",
+        hook=TINY_HOOK,
+        dataset="austen",
+        ctx=32,
+        n_tokens=4096,
+        n_heldout_tokens=1024,
+        seed=0,
+        dtype="float16",
+        with_grads=False,
+        chunk_seqs=16,
     )
     return StoreSpec(**{**base, **overrides})
 

@@ -42,14 +42,19 @@ def _synthetic_stream(version: int) -> bytes:
     first_names = _i(1) + _char("names")  # SYMSXP; enters the reference table as ref 1
     inner = (
         _i(19 | 1 << 9, 3)  # VECSXP with attributes, length 3
-        + _i(16, 3) + _char("a") + _char(None) + _char("café", levels=1 << 2)
+        + _i(16, 3)
+        + _char("a")
+        + _char(None)
+        + _char("café", levels=1 << 2)
         + _i(13, 2, 7, -(2**31))  # INTSXP c(7L, NA)
         + _i(10, 3, 1, 0, -(2**31))  # LGLSXP c(TRUE, FALSE, NA)
         + _names("s", "i", "l", symbol=first_names)
     )
     reals = _i(14, 2) + struct.pack(">2d", 0.5, -2.0)
     outer = (
-        _i(19 | 1 << 9, 2) + inner + reals
+        _i(19 | 1 << 9, 2)
+        + inner
+        + reals
         + _names("inner", "x", symbol=_i(0x1FF))  # REFSXP back to the `names` symbol
     )
     return header + outer
@@ -69,8 +74,11 @@ def test_reader_follows_the_lazy_load_index(tmp_path: Path) -> None:
     framed = struct.pack(">I", len(body)) + zlib.compress(body)
     (tmp_path / "Rdata.rdb").write_bytes(b"junk" + framed)
     index = (
-        b"X\n" + _i(2, 0x040201, 0x020300)
-        + _i(19 | 1 << 9, 1) + _i(19 | 1 << 9, 1) + _i(13, 2, 4, len(framed))
+        b"X\n"
+        + _i(2, 0x040201, 0x020300)
+        + _i(19 | 1 << 9, 1)
+        + _i(19 | 1 << 9, 1)
+        + _i(13, 2, 4, len(framed))
         + _names("obj", symbol=_i(1) + _char("names"))
         + _names("variables", symbol=_i(0x1FF))
     )
@@ -111,8 +119,12 @@ def test_reader_matches_the_rdata_package(austen_dir: Path) -> None:
 def test_austen_has_six_books_of_chapters(austen: list[Document]) -> None:
     books = {d.doc_id.split("/")[1] for d in austen}
     assert books == {
-        "emma", "mansfieldpark", "northangerabbey",
-        "persuasion", "prideprejudice", "sensesensibility",
+        "emma",
+        "mansfieldpark",
+        "northangerabbey",
+        "persuasion",
+        "prideprejudice",
+        "sensesensibility",
     }
     # 269 chapters (55 + 48 + 31 + 24 + 61 + 50) plus each book's front matter as ch000.
     assert len(austen) == 275

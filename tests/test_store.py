@@ -45,8 +45,9 @@ def test_gradients_match_autograd(tiny_store):
         x["a"] = act.detach().requires_grad_(True)
         return x["a"]
 
-    loss = model.run_with_hooks(windows, fwd_hooks=[(TINY_HOOK, grab)], return_type="loss",
-                                loss_per_token=True)
+    loss = model.run_with_hooks(
+        windows, fwd_hooks=[(TINY_HOOK, grab)], return_type="loss", loss_per_token=True
+    )
     loss.sum().backward()
     stored = s.read_chunk(s.chunks[0], grads=True, drop_bos=False).view(-1, 32, s.d_in)[:2]
     torch.testing.assert_close(stored.float(), x["a"].grad.bfloat16().float())

@@ -45,9 +45,16 @@ def spec_of(args: Args):
 
     heldout = args.heldout_tokens or max(4096, args.tokens // 20)
     return StoreSpec(
-        model=args.model, hook=args.hook, dataset=args.dataset, ctx=args.ctx,
-        n_tokens=args.tokens, n_heldout_tokens=heldout, seed=args.seed, dtype=args.dtype,
-        with_grads=args.with_grads, chunk_seqs=args.chunk_seqs,
+        model=args.model,
+        hook=args.hook,
+        dataset=args.dataset,
+        ctx=args.ctx,
+        n_tokens=args.tokens,
+        n_heldout_tokens=heldout,
+        seed=args.seed,
+        dtype=args.dtype,
+        with_grads=args.with_grads,
+        chunk_seqs=args.chunk_seqs,
     )
 
 
@@ -57,7 +64,14 @@ def main(args: Args) -> None:
     from saebench.commands.info import describe_store
     from store.caching import cache, default_writers
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    cache(spec_of(args), args.store, device=device, batch_seqs=args.batch_seqs,
-          writers=args.writers or default_writers())
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    cache(
+        spec_of(args),
+        args.store,
+        device=device,
+        batch_seqs=args.batch_seqs,
+        writers=args.writers or default_writers(),
+    )
     print(describe_store(args.store))

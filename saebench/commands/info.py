@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import tyro
+
 from store.errors import UserError
 
 
@@ -13,7 +15,7 @@ from store.errors import UserError
 class Args:
     """Describe a store (*.duckdb), an SAE folder (cfg.json) or a workspace folder."""
 
-    path: Path = Path("runs")
+    path: tyro.conf.Positional[Path] = Path("runs")
     """A store file, an SAE folder or a workspace folder."""
 
 
