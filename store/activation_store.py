@@ -107,8 +107,9 @@ class StoreWriter:
         for stmt in sql.SCHEMA:
             self.con.execute(stmt)
         self.con.execute(sql.TOKENS_VIEW.format(kind="VIEW"))
-        pa.table({"token_id": pa.array(range(len(vocab)), pa.int32()), "token": vocab})
-        self.con.execute("INSERT INTO vocab SELECT * FROM ids")
+        ids = pa.table({"token_id": pa.array(range(len(vocab)), pa.int32()), "token": vocab})
+        # Explicit relation, not a replacement scan of a local name (which linters cannot see).
+        self.con.from_arrow(ids).insert_into("vocab")
         self.set_meta(
             format=FORMAT,
             status="partial",
@@ -164,7 +165,7 @@ class StoreWriter:
                 self.shards / grad_file, encode_rows(seqs, chunk.grads, "bfloat16")
             )
         n_seq, ctx = chunk.tokens.shape
-        pa.table(
+        toks = pa.table(
             {
                 "seq": np.repeat(seqs.astype(np.int32), ctx),
                 "pos": np.tile(np.arange(ctx, dtype=np.int16), n_seq),
@@ -174,7 +175,7 @@ class StoreWriter:
         sum_norm, sum_x, n_stat = stats
         with self._lock:
             self.con.execute("BEGIN")
-            self.con.execute("INSERT INTO token_ids SELECT * FROM toks")
+            self.con.from_arrow(toks).insert_into("token_ids")
             self.con.execute(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [

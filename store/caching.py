@@ -55,7 +55,7 @@ def forward(model, hook: str, tokens: torch.Tensor, with_grads: bool):
 
         with torch.inference_mode():
             model.run_with_hooks(tokens, fwd_hooks=[(hook, keep)], stop_at_layer=stop_layer(hook))
-        return saved["x"], None
+        return _flat(saved["x"]), None
 
     def leaf(act, hook):
         # Replace the activation by a leaf that requires grad: backward then computes only
@@ -68,7 +68,12 @@ def forward(model, hook: str, tokens: torch.Tensor, with_grads: bool):
             tokens, fwd_hooks=[(hook, leaf)], return_type="loss", loss_per_token=True
         )
         loss.sum().backward()
-    return saved["x"].detach(), saved["x"].grad
+    return _flat(saved["x"].detach()), _flat(saved["x"].grad)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """Per-head hooks give [batch, pos, head, d_head]; a store row is one vector per token."""
+    return t.flatten(2) if t.ndim > 3 else t
 
 
 def chunk_stats(acts: torch.Tensor) -> tuple[float, np.ndarray, int]:
@@ -129,7 +134,10 @@ def prepare(spec: StoreSpec, device: str):
         docs, model.tokenizer, spec.ctx, spec.n_tokens, spec.n_heldout_tokens, spec.seed
     )
     corpus = sorted({d.doc_id.split("/")[0] for d in docs})
-    return model, windows, corpus
+    # The hook decides the vector size (d_model, d_mlp, n_heads * d_head, ...): ask the model.
+    probe = torch.from_numpy(windows.train[:1, :2]).long().to(device)
+    d_in = int(forward(model, spec.hook, probe, with_grads=False)[0].shape[-1])
+    return model, windows, corpus, d_in
 
 
 def cache(
@@ -144,7 +152,7 @@ def cache(
     path = Path(path)
     if path.exists() and _is_complete(path, spec):
         return _meta(path)
-    model, windows, corpus = prepare(spec, device)
+    model, windows, corpus, d_in = prepare(spec, device)
     created = not path.exists()
     vocab = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
     extra = dict(
@@ -159,7 +167,7 @@ def cache(
         code_version=CODE_VERSION,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = StoreWriter(path, spec, model.cfg.d_model, vocab, extra)
+    writer = StoreWriter(path, spec, d_in, vocab, extra)
     try:
         _run(
             model,

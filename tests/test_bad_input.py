@@ -87,7 +87,8 @@ def test_non_finite_activations_are_located(tmp_path, monkeypatch):
     def poisoned(model, hook, tokens, with_grads):
         x, g = real(model, hook, tokens, with_grads)
         x = x.clone()
-        x[1, 5, 0] = torch.nan
+        if x.shape[0] > 1:  # leave the one-window probe that sizes the store alone
+            x[1, 5, 0] = torch.nan
         return x, g
 
     monkeypatch.setattr(caching, "forward", poisoned)

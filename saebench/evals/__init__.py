@@ -1,0 +1,47 @@
+"""The eval registry: one explicit dict from name to config class and implementing module.
+
+Each implementing module defines `check(ctx, cfg)` (cheap validation of the inputs, run for
+every requested eval before any of them starts, so bad input leaves no artifact) and
+`run(ctx, cfg) -> EvalResult` (flat metrics plus optional per-feature tables). Modules are
+imported only when an eval runs, so this registry stays free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from saebench.evals.configs import CoreConfig
+from store.errors import UserError
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How to run one eval."""
+
+    config: type
+    """Its frozen config dataclass."""
+    module: str
+    """The module that defines `check(ctx, cfg)` and `run(ctx, cfg)`."""
+    summary: str
+    """One line for --help and the report."""
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+EVALS: dict[str, EvalSpec] = {
+    "core": EvalSpec(
+        config=CoreConfig,
+        module="saebench.evals.core",
+        summary="reconstruction, spliced CE/KL, fire counts and decoder similarity",
+    ),
+}
+
+
+def get_eval(name: str) -> EvalSpec:
+    """The spec of an eval by name, or a UserError naming the known ones."""
+    if name not in EVALS:
+        raise UserError(f"unknown eval '{name}'; choose from {', '.join(EVALS)}")
+    return EVALS[name]

@@ -1,0 +1,124 @@
+"""Downstream metrics: splice a replacement into the model at the SAE's hook and compare.
+
+For each batch of held-out windows the model runs four times: clean, with the activation
+replaced by the SAE's reconstruction x̂, with it zeroed, and with it set to the dataset mean.
+From these (DESIGN.md §5, binding):
+- CE loss of each run, averaged over every predicted token;
+- CE loss recovered = (CE_ablated - CE_sae) / (CE_ablated - CE_clean), once per baseline;
+- ΔCE = CE_sae - CE_clean;
+- KL(clean ‖ run), summed over the vocabulary and averaged over positions.
+
+Positions: by default position 0 (BOS) is left clean in every run. The store never holds
+position 0 (its activation is a huge outlier that SAEs are not trained on), so splicing it
+would measure something the SAE was never asked to do. CE then averages the predictions made
+at positions 1..ctx-2 and KL positions 1..ctx-1 (the logits at position 0 are untouched).
+`first_pos=0` splices every position, as SAELens's evals do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from trainers.protocol import SparseCoder
+
+Replace = Callable[[Tensor], Tensor]  # [batch, pos, d_in] -> [batch, pos, d_in]
+RUNS = ("sae", "zero_ablation", "mean_ablation")
+
+
+def replacements(sae: SparseCoder, mean: Float[Tensor, " d_in"]) -> dict[str, Replace]:
+    """What each non-clean run writes into the hook, as a function of the clean activation."""
+
+    def reconstruct(x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(sae.W_dec.dtype)
+        return sae.decode(sae.encode(flat)).reshape(x.shape).to(x.dtype)
+
+    return {
+        "sae": reconstruct,
+        "zero_ablation": torch.zeros_like,
+        "mean_ablation": lambda x: mean.to(x.device, x.dtype).expand_as(x),
+    }
+
+
+def splice_hook(replace: Replace, first_pos: int, d_in: int):
+    """A TransformerLens hook that overwrites positions >= first_pos with `replace(act)`.
+
+    Hooks on attention heads (`hook_z` etc.: [batch, pos, head, d_head]) are flattened to the
+    SAE's d_in = head·d_head and back, as SAELens does for hook_z SAEs.
+    """
+
+    def _splice(act: Tensor, hook) -> Tensor:  # TransformerLens passes the HookPoint as `hook`
+        x = act[:, first_pos:]
+        flat = x.flatten(2) if act.ndim == 4 and act.shape[-1] != d_in else x
+        out = act.clone()
+        out[:, first_pos:] = replace(flat).reshape(x.shape)
+        return out
+
+    return _splice
+
+
+class DownstreamStats:
+    """Running sums of per-token CE (per run) and KL to the clean run."""
+
+    def __init__(self):
+        self.n_ce = 0
+        self.n_kl = 0
+        self.ce = dict.fromkeys(("clean", *RUNS), 0.0)
+        self.kl = dict.fromkeys(RUNS, 0.0)
+
+    def compute(self) -> dict[str, float]:
+        ce = {run: total / self.n_ce for run, total in self.ce.items()}
+        out = {"ce_tokens": float(self.n_ce), "kl_tokens": float(self.n_kl)}
+        out |= {f"ce_{run}": value for run, value in ce.items()}
+        out["delta_ce"] = ce["sae"] - ce["clean"]
+        for base in ("zero_ablation", "mean_ablation"):
+            gap = ce[base] - ce["clean"]
+            out[f"ce_recovered_vs_{base}"] = (ce[base] - ce["sae"]) / gap if gap else math.nan
+        out |= {f"kl_{run}": total / self.n_kl for run, total in self.kl.items()}
+        return out
+
+
+def _ce_per_token(
+    log_probs: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"], first_pos: int
+) -> Float[Tensor, "batch n"]:
+    """-log p(token t+1 | ..t) for the predictions made at positions first_pos..ctx-2."""
+    preds = log_probs[:, first_pos:-1]
+    return -preds.gather(-1, tokens[:, first_pos + 1 :, None]).squeeze(-1)
+
+
+@torch.inference_mode()
+def downstream_metrics(
+    model,
+    sae: SparseCoder,
+    hook: str,
+    tokens: Int[Tensor, "seq ctx"],
+    mean: Float[Tensor, " d_in"],
+    first_pos: int = 1,
+    batch_seqs: int = 8,
+) -> dict[str, float]:
+    """CE for the clean, spliced and ablated model, CE recovered per baseline, ΔCE and KL."""
+    device = next(model.parameters()).device
+    runs = replacements(sae, mean)
+    stats = DownstreamStats()
+    for lo in range(0, tokens.shape[0], batch_seqs):
+        batch = tokens[lo : lo + batch_seqs].to(device)
+        clean = model(batch, return_type="logits").float().log_softmax(-1)
+        p_clean = clean.exp()
+        ce = _ce_per_token(clean, batch, first_pos)
+        stats.ce["clean"] += float(ce.double().sum())
+        stats.n_ce += ce.numel()
+        stats.n_kl += batch.shape[0] * (batch.shape[1] - first_pos)
+        for name, replace in runs.items():
+            fwd = [(hook, splice_hook(replace, first_pos, sae.d_in))]
+            logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=fwd)
+            log_probs = logits.float().log_softmax(-1)
+            stats.ce[name] += float(_ce_per_token(log_probs, batch, first_pos).double().sum())
+            # KL(clean ‖ run) = Σ_v p_clean (log p_clean - log p_run), per position.
+            kl = (p_clean * (clean - log_probs)).sum(-1)[:, first_pos:]
+            stats.kl[name] += float(kl.double().sum())
+            del logits, log_probs
+    return stats.compute()
