@@ -5,8 +5,8 @@ Layout of `runs/demo.duckdb`:
   gradients(_raw) (see store/sql.py);
 - `runs/demo.shards/act-000012.parquet` (and grad-000012.parquet): the vectors of chunk 12.
 
-Crash safety: a chunk's shard files are written first (atomically), then its token rows, its
-`chunks` row and the refreshed views are committed in one DuckDB transaction. A chunk is done
+Crash safety: a chunk's shard files are written first (atomically), then its token rows and
+its `chunks` row are committed in one DuckDB transaction. A chunk is done
 if and only if its `chunks` row exists; shard files without one are leftovers of a killed run
 and are deleted on resume. So SIGINT or SIGKILL at any moment loses at most the chunks in
 flight, and a rerun recomputes exactly those, with no duplicates.
@@ -192,7 +192,6 @@ class StoreWriter:
                     n_stat,
                 ],
             )
-            self._refresh_views()
             self.con.execute("COMMIT")
         return nbytes
 
@@ -225,6 +224,9 @@ class StoreWriter:
             norm={"mean_norm": sum_norm / n, "mean": mean, "n_tokens": int(n)},
             completed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
+        # Views are refreshed once here, not per commit: listing every shard in every commit
+        # made caching quadratic in chunks, and nobody can read the file while it is written.
+        self._refresh_views()
         self.con.execute("CHECKPOINT")
         return read_meta(self.con)
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import torch
 
 from store.activation_store import FORMAT, read_meta, shard_dir
 from store.errors import UserError
-from store.shards import read_vectors
+from store.shards import as_tensor, non_bos_rows, open_vectors
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,24 @@ class StoreReader:
         chunks = self.split_chunks(split)
         return sum(c.n_tokens - (c.n_seq if drop_bos else 0) for c in chunks)
 
-    def read_chunk(self, chunk: ChunkInfo, grads: bool = False, drop_bos: bool = True):
-        """One chunk's vectors `[tokens, d_in]` in the stored dtype."""
+    def chunk_words(self, chunk: ChunkInfo, grads: bool = False) -> np.ndarray:
+        """A chunk's vectors as memory-mapped 2-byte words `[tokens, d_in]`, BOS rows included."""
         if grads and not chunk.grad_file:
             raise UserError(f"{self.path} has no gradients: cache it with --with-grads")
-        name = chunk.grad_file if grads else chunk.act_file
-        dtype = "bfloat16" if grads else self.dtype
-        return read_vectors(self.shards / name, self.d_in, dtype, drop_bos=drop_bos)
+        return open_vectors(self.shards / (chunk.grad_file if grads else chunk.act_file), self.d_in)
+
+    def vector_dtype(self, grads: bool = False) -> str:
+        return "bfloat16" if grads else self.dtype
+
+    def read_chunk(self, chunk: ChunkInfo, grads: bool = False, drop_bos: bool = True):
+        """One chunk's vectors `[tokens, d_in]` as a tensor of the stored dtype."""
+        words = self.chunk_words(chunk, grads)
+        words = (
+            np.take(words, non_bos_rows(len(words), self.ctx), axis=0)
+            if drop_bos
+            else (np.array(words))
+        )
+        return as_tensor(words, self.vector_dtype(grads))
 
     def iter_activations(
         self, split: str, batch_tokens: int = 8192, limit: int | None = None, grads: bool = False

@@ -4,7 +4,7 @@ Why Parquet files behind DuckDB views rather than a native DuckDB table (measure
 2-core machine, random fp16 at d_in 576; see BENCHMARKS.md for the full table):
 - native `SMALLINT[576]` INSERT from Arrow: 0.06 GB/s; native per-sequence BLOBs: 0.08 GB/s
   and 1.8x the raw size (large blobs go to overflow blocks);
-- a Parquet file with one uncompressed FIXED_LEN_BYTE_ARRAY column: 0.5 GB/s per writer
+- a Parquet file with one uncompressed FIXED_LEN_BYTE_ARRAY column: 1.0-2.7 GB/s per writer
   thread, 1.007x the raw size, and shards are written in parallel because each is its own file.
 Each row is one token: (seq, pos, vector bytes). Vectors are 2 bytes per element: fp16 for
 activations, bf16 for gradients (whose magnitudes underflow fp16).
@@ -40,11 +40,18 @@ def encode_rows(seqs: np.ndarray, vectors: torch.Tensor, dtype: str) -> pa.Table
     )
 
 
+LAYOUT_KEY = b"saebench.layout"
+LAYOUT = b"one-plain-page"
+
+
 def write_shard(path: Path, table: pa.Table) -> int:
     """Write atomically (temp name, then rename) and return the file size in bytes."""
     tmp = path.with_name(path.name + ".tmp")
-    # No compression and no dictionary: activations are incompressible, and encoding work
-    # is what limits write throughput. One row group per shard keeps reads to one seek.
+    # No compression, no dictionary, and one data page per column: the vectors then sit in
+    # the file as one contiguous run of raw bytes, which readers memory-map like an .npy
+    # (see open_vectors). Measured cost of the single page: ~20% of write speed, which is
+    # still above 1 GB/s per thread on 2 cores (BENCHMARKS.md).
+    table = table.replace_schema_metadata({LAYOUT_KEY: LAYOUT})
     pq.write_table(
         table,
         tmp,
@@ -52,21 +59,46 @@ def write_shard(path: Path, table: pa.Table) -> int:
         use_dictionary=False,
         write_statistics=["seq"],
         row_group_size=max(1, table.num_rows),
+        data_page_size=1 << 40,
     )
     os.replace(tmp, path)
     return path.stat().st_size
 
 
-def read_vectors(path: Path, d_in: int, dtype: str, drop_bos: bool = True) -> torch.Tensor:
-    """All vectors in a shard as a `[tokens, d_in]` tensor of the stored dtype."""
-    table = pq.read_table(path, columns=["pos", "vec"] if drop_bos else ["vec"])
-    col = table.column("vec").combine_chunks()
-    # Zero-copy view of the fixed-size binary column's data buffer.
-    buf = col.buffers()[1]
-    start = col.offset * 2 * d_in
-    flat = np.frombuffer(buf, dtype=np.int16, count=len(col) * d_in, offset=start * 1)
-    vecs = torch.from_numpy(flat.reshape(len(col), d_in).copy()).view(STORED_DTYPES[dtype])
-    if drop_bos:
-        keep = torch.from_numpy(table.column("pos").to_numpy() != 0)
-        vecs = vecs[keep]
-    return vecs
+def open_vectors(path: Path, d_in: int) -> np.ndarray:
+    """All rows of a shard as an int16 array `[rows, d_in]` (2-byte words), memory-mapped.
+
+    Shards written by write_shard are mapped without parsing; any other Parquet file with the
+    same columns (or a layout we do not recognise) is read through pyarrow instead.
+    """
+    meta = pq.read_metadata(path)
+    col = meta.row_group(0).column(2) if meta.num_row_groups == 1 else None
+    rows, row_bytes = meta.num_rows, 2 * d_in
+    if (
+        col is not None
+        and (meta.metadata or {}).get(LAYOUT_KEY) == LAYOUT
+        and col.compression == "UNCOMPRESSED"
+        and col.dictionary_page_offset is None
+        and 0 <= col.total_compressed_size - rows * row_bytes < 4096
+    ):
+        # PLAIN fixed-size values are the last bytes of the single page (after its header
+        # and the definition levels).
+        end = col.data_page_offset + col.total_compressed_size
+        return np.memmap(
+            path, dtype=np.int16, mode="r", offset=end - rows * row_bytes, shape=(rows, d_in)
+        )
+    vec = pq.read_table(path, columns=["vec"]).column("vec").combine_chunks()
+    data = np.frombuffer(
+        vec.buffers()[1], dtype=np.int16, count=rows * d_in, offset=vec.offset * row_bytes
+    )
+    return data.reshape(rows, d_in)
+
+
+def non_bos_rows(n_rows: int, ctx: int) -> np.ndarray:
+    """Row indices of a chunk's positions >= 1 (rows are whole windows, ordered seq, pos)."""
+    return np.arange(n_rows).reshape(-1, ctx)[:, 1:].reshape(-1)
+
+
+def as_tensor(words: np.ndarray, dtype: str) -> torch.Tensor:
+    """2-byte words (an owned array, not a memmap) as a tensor of the stored float type."""
+    return torch.from_numpy(words).view(STORED_DTYPES[dtype])

@@ -1,10 +1,16 @@
 """Shuffled training batches from a store: in memory when it fits, streamed when it does not.
 
-Streaming shuffle: each epoch visits the chunks in a seeded random order, loads them in groups
-of about `buffer_tokens` tokens (the next group is read by a background thread while the
-current one is consumed), shuffles the tokens inside each group, and cuts the resulting stream
-into batches. Everything is a function of (seed, epoch, group), and the token count of every
-chunk is known from the manifest, so `start=N` skips N batches without reading them.
+Both modes cut one shuffled token stream per epoch into batches:
+- in memory: all chunks are loaded once (one contiguous array), and each epoch is a fresh
+  permutation of every token;
+- streaming: each epoch visits the chunks in a seeded random order, in groups of about
+  `buffer_tokens` tokens; a group is shuffled internally while the next one loads in a
+  background thread.
+Everything is a function of (seed, epoch, group), and every chunk's token count is in the
+manifest, so `start=N` skips N batches without reading them.
+
+Vectors stay as 2-byte words in numpy until a batch is gathered: numpy's row gather on int16
+is 5-20x faster than torch's fp16 indexing on the CPU (measured; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 from store.reader import ChunkInfo, StoreReader
-from store.sources import Batch, InMemorySource, NormStats, epoch_permutation
+from store.shards import as_tensor, non_bos_rows
+from store.sources import Batch, NormStats, epoch_permutation
 
 
 class StoreSource:
@@ -38,34 +44,51 @@ class StoreSource:
         self.buffer_tokens = buffer_tokens
         nbytes = self.n_tokens * self.d_in * 2 * (2 if self.has_grads else 1)
         self.in_memory = nbytes <= memory_budget_gb * 1e9 if in_memory is None else in_memory
-        self._memory: InMemorySource | None = None
+        self._resident: dict[bool, tuple] = {}  # in-memory mode: loaded once per with_grads
 
     def stats(self) -> NormStats:
         norm = self.reader.meta["norm"]
         return NormStats(mean_norm=norm["mean_norm"], mean=norm["mean"], n_tokens=norm["n_tokens"])
 
-    def _chunk_tokens(self, c: ChunkInfo) -> int:
+    def _served(self, c: ChunkInfo) -> int:
         return c.n_tokens - c.n_seq  # position 0 of every window is not served
 
     def _load(self, chunks: list[ChunkInfo], grads: bool):
-        xs = torch.cat([self.reader.read_chunk(c) for c in chunks])
-        if not grads:
-            return xs, None
-        return xs, torch.cat([self.reader.read_chunk(c, grads=True) for c in chunks])
+        """A group's words (one contiguous copy), its grads, and the rows that may be served."""
+        x = np.concatenate([self.reader.chunk_words(c) for c in chunks])
+        g = (
+            np.concatenate([self.reader.chunk_words(c, grads=True) for c in chunks])
+            if grads
+            else None
+        )
+        return x, g, non_bos_rows(len(x), self.reader.ctx)
+
+    def _groups(self, seed: int, epoch: int) -> list[list[ChunkInfo]]:
+        if self.in_memory:
+            return [self.chunks]
+        order = [self.chunks[i] for i in epoch_permutation(len(self.chunks), seed, epoch)]
+        groups, cur, size = [], [], 0
+        for c in order:
+            cur.append(c)
+            size += self._served(c)
+            if size >= self.buffer_tokens:
+                groups.append(cur)
+                cur, size = [], 0
+        return groups + ([cur] if cur else [])
+
+    def _fetch(self, pool, group: list[ChunkInfo], grads: bool):
+        if not self.in_memory:
+            return pool.submit(self._load, group, grads)
+        if grads not in self._resident:
+            self._resident[grads] = self._load(group, grads)
+        done = pool.submit(lambda: self._resident[grads])
+        return done
 
     def batches(
         self, batch_size: int, *, seed: int = 0, start: int = 0, with_grads: bool = False
     ) -> Iterator[Batch]:
         if with_grads and not self.has_grads:
             raise ValueError("this store holds no gradients: cache it with --with-grads")
-        if self.in_memory:
-            if self._memory is None:
-                x, g = self._load(self.chunks, self.has_grads)
-                self._memory = InMemorySource(x, g, stats=self.stats())
-            yield from self._memory.batches(
-                batch_size, seed=seed, start=start, with_grads=with_grads
-            )
-            return
         per_epoch = self.n_tokens // batch_size
         if per_epoch == 0:
             raise ValueError(f"batch_size {batch_size} exceeds the {self.n_tokens} tokens held")
@@ -77,46 +100,46 @@ class StoreSource:
                 )
                 epoch, offset = epoch + 1, 0
 
-    def _groups(self, seed: int, epoch: int) -> list[list[ChunkInfo]]:
-        order = [self.chunks[i] for i in epoch_permutation(len(self.chunks), seed, epoch)]
-        groups, cur, size = [], [], 0
-        for c in order:
-            cur.append(c)
-            size += self._chunk_tokens(c)
-            if size >= self.buffer_tokens:
-                groups.append(cur)
-                cur, size = [], 0
-        return groups + ([cur] if cur else [])
-
     def _epoch(self, pool, batch_size: int, seed: int, epoch: int, skip: int, grads: bool):
         """Batches of one epoch, starting `skip` tokens into its shuffled stream."""
-        groups = self._groups(seed, epoch)
         end = (self.n_tokens // batch_size) * batch_size  # the ragged tail is dropped
-        pos = 0  # stream position of the first token of the current group
-        todo = []
-        for gi, group in enumerate(groups):
-            n = sum(self._chunk_tokens(c) for c in group)
-            if pos + n > skip:
+        todo, pos = [], 0  # pos: stream position of the group's first token
+        for gi, group in enumerate(self._groups(seed, epoch)):
+            n = sum(self._served(c) for c in group)
+            if pos + n > skip and pos < end:
                 todo.append((gi, group, pos))
             pos += n
-        carry_x: list[torch.Tensor] = []
-        carry_g: list[torch.Tensor] = []
-        future = pool.submit(self._load, todo[0][1], grads) if todo else None
+        carry: list[tuple[np.ndarray, np.ndarray | None]] = []
+        future = self._fetch(pool, todo[0][1], grads) if todo else None
         for i, (gi, _, gpos) in enumerate(todo):
-            x, g = future.result()
+            x, g, rows = future.result()
             if i + 1 < len(todo):
-                future = pool.submit(self._load, todo[i + 1][1], grads)
-            perm = torch.from_numpy(np.random.default_rng([seed, epoch, gi]).permutation(len(x)))
-            lo = max(0, skip - gpos)
-            hi = min(len(x), end - gpos)
-            carry_x.append(x[perm[lo:hi]])
-            if g is not None:
-                carry_g.append(g[perm[lo:hi]])
-            yield_from = torch.cat(carry_x)
-            yg = torch.cat(carry_g) if g is not None else None
-            n_full = len(yield_from) // batch_size
+                future = self._fetch(pool, todo[i + 1][1], grads)
+            order = rows[np.random.default_rng([seed, epoch, gi]).permutation(len(rows))]
+            order = order[max(0, skip - gpos) : max(0, end - gpos)]
+            # The first batch of a group may need the previous groups' leftover rows.
+            if carry:
+                take = order[: batch_size - sum(len(c[0]) for c in carry)]
+                carry.append(self._gather(x, g, take))
+                order = order[len(take) :]
+                if sum(len(c[0]) for c in carry) < batch_size:
+                    continue  # a group smaller than the gap: keep carrying
+                yield self._emit(carry, grads)
+                carry = []
+            n_full = len(order) // batch_size
             for b in range(n_full):
-                sl = slice(b * batch_size, (b + 1) * batch_size)
-                yield (yield_from[sl], yg[sl]) if yg is not None else yield_from[sl]
-            carry_x = [yield_from[n_full * batch_size :]]
-            carry_g = [yg[n_full * batch_size :]] if yg is not None else []
+                rows_b = order[b * batch_size : (b + 1) * batch_size]
+                yield self._emit([self._gather(x, g, rows_b)], grads)
+            rest = order[n_full * batch_size :]
+            if len(rest):
+                carry.append(self._gather(x, g, rest))
+
+    @staticmethod
+    def _gather(x: np.ndarray, g: np.ndarray | None, rows: np.ndarray):
+        return np.take(x, rows, axis=0), (np.take(g, rows, axis=0) if g is not None else None)
+
+    def _emit(self, parts: list[tuple[np.ndarray, np.ndarray | None]], grads: bool) -> Batch:
+        x = as_tensor(np.concatenate([p[0] for p in parts]), self.reader.dtype)
+        if not grads:
+            return x
+        return x, as_tensor(np.concatenate([p[1] for p in parts]), "bfloat16")

@@ -49,6 +49,15 @@ def test_an_epoch_serves_each_token_at_most_once(tiny_store, in_memory):
     assert not Counter(_row_keys(served)) - Counter(_row_keys(everything))
 
 
+def test_batches_larger_than_a_shuffle_group(tiny_store):
+    reader = open_store(tiny_store)
+    source = reader.source("train", in_memory=False, buffer_tokens=400)  # groups of one chunk
+    batches = list(itertools.islice(source.batches(1500, seed=2), source.n_tokens // 1500))
+    assert all(len(b) == 1500 for b in batches)
+    everything = torch.cat([reader.read_chunk(c) for c in reader.split_chunks("train")])
+    assert not Counter(_row_keys(torch.cat(batches))) - Counter(_row_keys(everything))
+
+
 def test_gradient_pairs_stay_aligned(tiny_store):
     reader = open_store(tiny_store)
     chunks = reader.split_chunks("train")
