@@ -17,6 +17,8 @@ from store.errors import UserError
 # name -> module under saebench.commands; the order is the order in --help.
 COMMANDS = {
     "cache": "Cache a model's activations at a hook point into a DuckDB store.",
+    "train": "Train one or more SAEs from a store in one pass over its activations.",
+    "eval": "Evaluate an SAE on its store's held-out split and record the results.",
     "info": "Describe a store, an SAE folder or a workspace.",
 }
 

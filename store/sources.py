@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ class NormStats:
     """How many tokens these statistics were computed over."""
 
 
+@runtime_checkable
 class ActivationSource(Protocol):
     """Anything that yields seeded, shuffled batches of activations."""
 

@@ -22,7 +22,8 @@ class LossOut:
     parts: dict[str, Tensor] = field(default_factory=dict)
     """Named components, e.g. {"mse": ..., "auxk": ...}; detached scalars."""
     codes: Tensor | None = None
-    """The training-time codes [tokens, d_sae], so the loop can count fires without re-encoding."""
+    """The training-time codes [tokens, d_sae], dense or sparse COO, so the loop can count fires
+    without re-encoding (TopK returns sparse codes and never builds the dense matrix)."""
 
 
 @runtime_checkable
