@@ -27,8 +27,18 @@ setup: $(STAMP) corpus
 corpus: $(STAMP)
 	$(PY) -m store.corpus
 
+# The demo: cache 250k tokens of SmolLM2's mid-depth residual stream, train a TopK SAE on
+# them, evaluate it on held-out tokens. Each step resumes where it stopped and is a no-op once
+# done (cache and train check their own outputs; eval is skipped once its result exists).
+SAE := $(DEMO)/saes/topk-k32-w4608
+
 demo: setup
-	$(VENV)/bin/saebench cache --store $(DEMO)/store.duckdb --tokens 250000
+	$(VENV)/bin/saebench cache --store $(DEMO)/store.duckdb --hook blocks.15.hook_resid_post \
+		--tokens 250000
+	$(VENV)/bin/saebench train --store $(DEMO)/store.duckdb --out $(SAE) --k 32 --width 4608 \
+		--tokens 500000
+	test -f $(SAE)/evals/core.json || \
+		$(VENV)/bin/saebench eval --sae $(SAE) --store $(DEMO)/store.duckdb
 	$(VENV)/bin/saebench info $(DEMO)
 
 test: setup

@@ -381,9 +381,10 @@ def bench_writes(x: torch.Tensor, args, tmp: Path) -> tuple[list[str], Path]:
          lambda: np.save(root / "e" / "acts.npy", arr), reps),
     ]
     knobs = [
-        ("k0", "baseline (the options of `write_shard`)", 1, {}),
+        ("k0", "baseline: pyarrow's default 1 MiB pages", 1, {}),
         ("k1", "`write_page_checksum=True`", 1, dict(write_page_checksum=True)),
-        ("k2", "`data_page_size=64 MiB` (one page per shard)", 1, dict(data_page_size=64 << 20)),
+        ("k2", "one page per shard (what `write_shard` does)", 1,
+         dict(data_page_size=64 << 20)),
         ("k3", "`use_byte_stream_split=['vec']`", 1, dict(use_byte_stream_split=["vec"])),
         ("k4", "`write_statistics=False`", 1, dict(write_statistics=False)),
         ("k5", "`store_schema=False`", 1, dict(store_schema=False)),
@@ -484,59 +485,12 @@ def _memmap_batches(npy: Path, n_rows: int, seed: int):
         yield torch.from_numpy(rows).view(torch.float16)
 
 
-def _parquet_mmaps(files: list[Path], d_in: int) -> list[np.ndarray]:
-    """Zero-copy views of the `vec` column of single-page, uncompressed PLAIN shards.
-
-    A prototype, not used by store/: with one data page per column chunk, the values are
-    the last `rows * 2 * d_in` bytes of the `vec` column chunk, so the file can be memory
-    mapped like an `.npy` file.
-    """
-    maps = []
-    for f in files:
-        md = pq.ParquetFile(f).metadata
-        assert md.num_row_groups == 1
-        rg = md.row_group(0)
-        cc = next(rg.column(i) for i in range(rg.num_columns)
-                  if rg.column(i).path_in_schema == "vec")
-        assert cc.compression == "UNCOMPRESSED" and cc.dictionary_page_offset is None
-        end = cc.data_page_offset + cc.total_compressed_size
-        nbytes = md.num_rows * 2 * d_in
-        maps.append(np.memmap(f, dtype=np.int16, mode="r", offset=end - nbytes,
-                              shape=(md.num_rows, d_in)))
-    return maps
-
-
-def _parquet_mmap_batches(maps: list[np.ndarray], ctx: int, seed: int):
-    """Shuffled batches gathered straight from memory-mapped shards (position 0 skipped)."""
-    rps = maps[0].shape[0]
-    ids = np.arange(len(maps) * rps)
-    ids = ids[ids % ctx != 0]
-    perm = np.random.default_rng(seed).permutation(len(ids))
-    for b in range(len(ids) // BATCH_TOKENS):
-        rows = ids[perm[b * BATCH_TOKENS : (b + 1) * BATCH_TOKENS]]
-        shard, local = np.divmod(rows, rps)
-        out = np.empty((len(rows), maps[0].shape[1]), dtype=np.int16)
-        for s in np.unique(shard):
-            sel = np.flatnonzero(shard == s)
-            out[sel] = maps[s][local[sel]]
-        yield torch.from_numpy(out).view(torch.float16)
-
-
 def bench_reads(x: torch.Tensor, npy: Path, args, tmp: Path) -> tuple[list[str], Path]:
     d_in = x.shape[1]
     bpt = 2 * d_in
     path, t_build, commits = build_random_store(x, args, tmp)
     reader = StoreReader(path)
     n_batches = reader.n_tokens("train") // BATCH_TOKENS
-    proto = tmp / "proto-shards"
-    proto.mkdir()
-    proto_files = []
-    for i, (seqs, vecs) in enumerate(_chunks(x, args.ctx, args.chunk_seqs)):
-        proto_files.append(proto / f"act-{i:06d}.parquet")
-        write_shard_with(proto_files[-1], encode_rows(seqs, vecs, "float16"),
-                         data_page_size=1 << 30)
-    check = _parquet_mmaps(proto_files[:1], d_in)[0]
-    assert np.array_equal(check, x[: len(check)].view(torch.int16).numpy())
     load0 = load()
 
     def stream(buffer_tokens: int):
@@ -548,8 +502,6 @@ def bench_reads(x: torch.Tensor, npy: Path, args, tmp: Path) -> tuple[list[str],
         ("streaming, `buffer_tokens=65536` (prefetch pipeline busy)", lambda: stream(1 << 16)),
         ("in memory (`in_memory=True`): first load + epoch",
          lambda: reader.source("train", in_memory=True).batches(BATCH_TOKENS, seed=0)),
-        ("prototype: np.memmap of Parquet shards with one data page (not in store/)",
-         lambda: _parquet_mmap_batches(_parquet_mmaps(proto_files, d_in), args.ctx, 0)),
         ("numpy memmap, seeded permutation, fancy indexing",
          lambda: _memmap_batches(npy, len(x), 0)),
     ]

@@ -27,6 +27,17 @@ def tiny_spec(**overrides) -> StoreSpec:
     return StoreSpec(**{**base, **overrides})
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny shapes: extra OpenMP threads only add synchronisation (and contention on busy CI)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
     """A complete store from the tiny random model, with gradients."""

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_spec
 
-from store.activation_store import StoreSpec
 from store.caching import cache
 from store.models import load_model, smollm2_dir
 from store.reader import open_store
@@ -39,18 +39,8 @@ def test_dequantized_checkpoint_is_cached_plainly():
 
 def test_cache_real_model_matches_hf_hidden_states(tmp_path, hf_model):
     """Integration: a few thousand tokens of the default model and corpus, with gradients."""
-    spec = StoreSpec(
-        model="smollm2-135m",
-        hook="blocks.3.hook_resid_post",
-        dataset="austen",
-        ctx=64,
-        n_tokens=1024,
-        n_heldout_tokens=256,
-        seed=0,
-        dtype="float16",
-        with_grads=True,
-        chunk_seqs=16,
-    )
+    spec = tiny_spec(model="smollm2-135m", hook="blocks.3.hook_resid_post", ctx=64,
+                     n_tokens=1024, n_heldout_tokens=256, with_grads=True)
     path = tmp_path / "real.duckdb"
     cache(spec, path, progress=False)
     s = open_store(path)

@@ -30,13 +30,7 @@ from trainers.topk import TopKConfig, TopKSAE
 D_IN, D_SAE = 24, 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny shapes: extra OpenMP threads only add synchronisation (and contention on busy CI).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

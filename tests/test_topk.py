@@ -10,14 +10,7 @@ import torch
 from store.errors import UserError
 from trainers.topk import TopKConfig, TopKSAE
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny shapes: extra OpenMP threads only add synchronisation (and contention on busy CI).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sae(d_in=16, d_sae=48, k=4, seed=0) -> TopKSAE:

@@ -28,13 +28,7 @@ from trainers.topk import TopKConfig
 META = {"model": "synthetic", "hook": "blocks.0.hook_resid_post", "d_in": 32, "ctx": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny shapes: extra OpenMP threads only add synchronisation (and contention on busy CI).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sparse_data(n: int, d_in=32, n_atoms=64, k=3, seed=0) -> tuple[torch.Tensor, torch.Tensor]:

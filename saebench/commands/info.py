@@ -52,8 +52,21 @@ def describe_sae(path: Path) -> str:
         cfg = json.loads((path / "cfg.json").read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: unreadable cfg.json ({err})") from None
-    keys = ("architecture", "d_in", "d_sae", "k", "hook_name", "model_name")
-    return f"sae       {path}  " + "  ".join(f"{k}={cfg.get(k)}" for k in keys if k in cfg)
+    meta = cfg.get("metadata", {})
+    line = (
+        f"sae       {path}  {cfg.get('architecture')}  d_sae {cfg.get('d_sae')}  "
+        f"k {cfg.get('k', '-')}  {meta.get('model_name', '?')} {meta.get('hook_name', '?')}"
+    )
+    for result in sorted(path.glob("evals/*.json")):
+        try:
+            m = json.loads(result.read_text())["metrics"]
+        except (OSError, ValueError, KeyError):
+            continue
+        shown = ("l0", "explained_variance", "ce_recovered_vs_zero_ablation", "pct_dead")
+        line += f"\n          {result.stem}: " + "  ".join(
+            f"{k}={m[k]:.4g}" for k in shown if isinstance(m.get(k), int | float)
+        )
+    return line
 
 
 def describe_workspace(path: Path) -> str:
