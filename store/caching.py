@@ -29,6 +29,7 @@ from store.corpus import load_documents
 from store.errors import UserError
 from store.hooks import stop_layer, validate_hook
 from store.models import load_model
+from store.shards import STORED_DTYPES
 from store.windows import BOS_POLICY, build_windows
 
 CODE_VERSION = "saebench-0.1.0"
@@ -76,37 +77,44 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(2) if t.ndim > 3 else t
 
 
-def chunk_stats(acts: torch.Tensor) -> tuple[float, np.ndarray, int]:
-    """Sums for normalisation statistics, over positions >= 1 (BOS excluded)."""
+def chunk_stats(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sums for normalisation statistics, over positions >= 1 (BOS excluded), on acts' device."""
     x = acts[:, 1:].reshape(-1, acts.shape[-1]).double()
-    return float(x.norm(dim=-1).sum()), x.sum(0).cpu().numpy(), int(x.shape[0])
+    return x.norm(dim=-1).sum(), x.sum(0), int(x.shape[0])
 
 
-def check_finite(acts: torch.Tensor, chunk: Chunk, tokenizer, what: str) -> None:
-    bad = (~torch.isfinite(acts)).any(dim=-1).nonzero()
-    if len(bad):
-        s, p = (int(v) for v in bad[0])
-        tok = tokenizer.decode([int(chunk.tokens[s, p])])
-        raise UserError(
-            f"non-finite {what} at seq {chunk.first_seq + s} pos {p} (token {tok!r}) "
-            f"and {len(bad) - 1} other positions; this chunk was not written"
-        )
+def check_finite(x: torch.Tensor, chunk: Chunk, offset: int, tokenizer, what: str) -> None:
+    """Raise a UserError naming the first non-finite position (cheap when all is finite)."""
+    if bool(torch.isfinite(x).all()):
+        return
+    bad = (~torch.isfinite(x)).any(dim=-1).nonzero()
+    s, p = (int(v) for v in bad[0])
+    tok = tokenizer.decode([int(chunk.tokens[offset + s, p])])
+    raise UserError(
+        f"non-finite {what} at seq {chunk.first_seq + offset + s} pos {p} (token {tok!r}) "
+        f"and {len(bad) - 1} other positions; this chunk was not written"
+    )
 
 
 def _compute(model, spec: StoreSpec, chunk: Chunk, batch_seqs: int, device: str):
-    acts, grads = [], []
+    """Run the model over a chunk; checks, statistics and the cast to 2 bytes happen on the
+    device, so only storage-sized tensors cross to the host (it matters on a GPU)."""
+    acts, grads, sums = [], [], []
+    store_dtype = STORED_DTYPES[spec.dtype]
     for lo in range(0, len(chunk.tokens), batch_seqs):
         toks = torch.from_numpy(chunk.tokens[lo : lo + batch_seqs]).long().to(device)
         a, g = forward(model, spec.hook, toks, spec.with_grads)
-        acts.append(a.float().cpu())
+        check_finite(a, chunk, lo, model.tokenizer, "activations")
+        sums.append(chunk_stats(a))
+        acts.append(a.to(store_dtype).cpu())
         if g is not None:
-            grads.append(g.float().cpu())
+            check_finite(g, chunk, lo, model.tokenizer, "gradients")
+            grads.append(g.to(torch.bfloat16).cpu())
     chunk.acts = torch.cat(acts)
     chunk.grads = torch.cat(grads) if grads else None
-    check_finite(chunk.acts, chunk, model.tokenizer, "activations")
-    if chunk.grads is not None:
-        check_finite(chunk.grads, chunk, model.tokenizer, "gradients")
-    return chunk_stats(chunk.acts)
+    norm = float(sum(n for n, _, _ in sums))
+    total = torch.stack([x for _, x, _ in sums]).sum(0).cpu().numpy()
+    return norm, total, sum(c for _, _, c in sums)
 
 
 def _remove_store(path: Path) -> None:
