@@ -29,6 +29,14 @@ VIEWS: dict[str, str] = {
     "training_curves": "saes/*/curves.parquet",
     "eval_metrics": "saes/*/evals/*.parquet",
     "feature_counts": "saes/*/features/fire_counts.parquet",
+    # Written by `saebench index` (schema: saebench/index/schema.py).
+    "features": "saes/*/index/features.parquet",
+    "contexts": "saes/*/index/contexts.parquet",
+    "logit_effects": "saes/*/index/logits.parquet",
+    "neighbours": "saes/*/index/neighbours.parquet",
+    "vocab": "saes/*/index/vocab.parquet",
+    # Written by the browser only: one small file, rewritten atomically on each save.
+    "labels": "labels.parquet",
 }
 
 

@@ -46,3 +46,11 @@ def tiny_store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("store") / "tiny.duckdb"
     cache(tiny_spec(with_grads=True), path, progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> Path:
+    """A complete small workspace (store, trained SAE, core eval, feature index)."""
+    from workspace_builder import build_tiny_workspace
+
+    return build_tiny_workspace(tmp_path_factory.mktemp("ws") / "ws")
