@@ -19,6 +19,9 @@ COMMANDS = {
     "cache": "Cache a model's activations at a hook point into a DuckDB store.",
     "train": "Train one or more SAEs from a store in one pass over its activations.",
     "eval": "Evaluate an SAE on its store's held-out split and record the results.",
+    "index": "Index every feature of an SAE: top contexts, histograms, logits, neighbours.",
+    "app": "Browse a workspace's SAEs, features and evals in a local Streamlit app.",
+    "demo": "Run the whole demo: cache, train, evaluate and index a TopK SAE, then summarise.",
     "info": "Describe a store, an SAE folder or a workspace.",
 }
 

@@ -151,6 +151,11 @@ class StoreReader:
             ).fetchnumpy()["token_id"]
         return torch.from_numpy(ids.astype("int64")).view(-1, self.ctx)
 
+    def vocab(self):
+        """The store's vocabulary as an Arrow table (token_id, token)."""
+        with _connect_read_only(self.path) as con:
+            return con.sql("SELECT token_id, token FROM vocab ORDER BY token_id").to_arrow_table()
+
     def source(self, split: str = "train", **kwargs):
         """An ActivationSource of shuffled batches over a split."""
         from store.streaming import StoreSource

@@ -1,0 +1,193 @@
+"""All of the browser's SQL, against the workspace catalog's views (store/catalog.py).
+
+Every value a user can type reaches DuckDB as a bound parameter (`?`), never by string
+formatting; the only interpolated fragments are column names picked from fixed dicts here.
+A `Catalog` holds one read-only connection for one page render and is closed right after, so
+the browser never holds the catalog file while a writer (index, train, eval) wants it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from store.catalog import VIEWS, connect, write_parquet_atomic
+
+LABELS_FILE = "labels.parquet"
+# Metrics shown in the overview table and Pareto plots, in this order.
+METRICS = (
+    "l0", "fvu", "explained_variance", "ce_recovered_vs_zero_ablation",
+    "ce_recovered_vs_mean_ablation", "pct_dead",
+)
+# Sort orders for the "features by" search: never user-typed SQL.
+ORDERS = {"density": "density DESC", "max_act": "max_act DESC", "rarest": "density ASC"}
+
+
+def sae_names(workspace: Path) -> list[str]:
+    """SAE folders of the workspace that are complete (cfg.json is written last)."""
+    return sorted(p.parent.name for p in Path(workspace).glob("saes/*/cfg.json"))
+
+
+def sae_cfg(workspace: Path, sae: str) -> dict:
+    """cfg.json and saebench_train.json (if any) of one SAE: {"cfg": ..., "run": ...}."""
+    folder = Path(workspace) / "saes" / sae
+    run = folder / "saebench_train.json"
+    return {
+        "cfg": json.loads((folder / "cfg.json").read_text()),
+        "run": json.loads(run.read_text()) if run.is_file() else {},
+    }
+
+
+def available(workspace: Path) -> set[str]:
+    """Catalog views that have at least one file behind them."""
+    return {name for name, glob in VIEWS.items() if any(Path(workspace).glob(glob))}
+
+
+def save_label(workspace: Path, sae: str, latent: int, label: str) -> None:
+    """Set (or, with an empty label, remove) a latent's label: the browser's only write."""
+    path = Path(workspace) / LABELS_FILE
+    rows = pq.read_table(path).to_pylist() if path.exists() else []
+    rows = [r for r in rows if (r["sae"], r["latent"]) != (sae, latent)]
+    if label.strip():
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        rows.append({"sae": sae, "latent": int(latent), "label": label.strip(), "updated_at": now})
+    if rows or path.exists():
+        import pyarrow as pa
+
+        schema = pa.schema([("sae", pa.string()), ("latent", pa.int32()),
+                            ("label", pa.string()), ("updated_at", pa.string())])
+        write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=schema))
+
+
+class Catalog:
+    """One short-lived read-only connection; use as `with Catalog(ws) as db:`."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = Path(workspace)
+        self.views = available(self.workspace)
+
+    def __enter__(self) -> Catalog:
+        self.con = connect(self.workspace)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.con.close()
+
+    def has(self, *views: str) -> bool:
+        return all(v in self.views for v in views)
+
+    def rows(self, sql: str, params: list | None = None) -> list[dict]:
+        return self.con.sql(sql, params=params or None).to_arrow_table().to_pylist()
+
+    def frame(self, sql: str, params: list | None = None):
+        return self.con.sql(sql, params=params or None).to_arrow_table().to_pandas()
+
+    # --- overview -------------------------------------------------------------------------
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """{sae: {metric: latest value}} over all evals."""
+        if not self.has("eval_metrics"):
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for r in self.rows("SELECT sae, metric, arg_max(value, created_at) AS value "
+                           "FROM eval_metrics GROUP BY sae, metric"):
+            out.setdefault(r["sae"], {})[r["metric"]] = r["value"]
+        return out
+
+    def curves(self):
+        if not self.has("training_curves"):
+            return None
+        return self.frame("SELECT * FROM training_curves ORDER BY sae, step")
+
+    # --- one feature ----------------------------------------------------------------------
+    def feature(self, sae: str, latent: int) -> dict | None:
+        if not self.has("features"):
+            return None
+        rows = self.rows("SELECT * FROM features WHERE sae = ? AND latent = ?", [sae, latent])
+        return rows[0] if rows else None
+
+    def n_latents(self, sae: str) -> int:
+        if not self.has("features"):
+            return 0
+        return self.rows("SELECT count(*) AS n FROM features WHERE sae = ?", [sae])[0]["n"]
+
+    def contexts(self, sae: str, latent: int) -> list[dict]:
+        if not self.has("contexts"):
+            return []
+        return self.rows(
+            "SELECT kind, bucket, rank, seq, pos, act, center, tokens, acts FROM contexts "
+            "WHERE sae = ? AND latent = ? ORDER BY kind DESC, bucket DESC, rank", [sae, latent])
+
+    def token_strings(self, sae: str, ids: list[int]) -> dict[int, str]:
+        if not self.has("vocab") or not ids:
+            return {}
+        rows = self.rows("SELECT token_id, token FROM vocab WHERE sae = ? "
+                         "AND token_id IN (SELECT unnest(?::INTEGER[]))", [sae, sorted(set(ids))])
+        return {r["token_id"]: r["token"] for r in rows}
+
+    def logits(self, sae: str, latent: int) -> list[dict]:
+        if not self.has("logit_effects"):
+            return []
+        return self.rows(
+            "SELECT kind, rank, token_id, value FROM logit_effects "
+            "WHERE sae = ? AND latent = ? ORDER BY kind DESC, rank", [sae, latent])
+
+    def neighbours(self, sae: str, latent: int) -> list[dict]:
+        if not self.has("neighbours"):
+            return []
+        return self.rows(
+            "SELECT kind, rank, other, value FROM neighbours "
+            "WHERE sae = ? AND latent = ? ORDER BY kind, rank", [sae, latent])
+
+    def random_alive(self, sae: str) -> int | None:
+        if not self.has("features"):
+            return None
+        rows = self.rows("SELECT latent FROM features WHERE sae = ? AND NOT dead "
+                         "ORDER BY random() LIMIT 1", [sae])
+        return rows[0]["latent"] if rows else None
+
+    # --- labels ---------------------------------------------------------------------------
+    def labels(self, sae: str, latents: list[int] | None = None) -> dict[int, str]:
+        if not self.has("labels"):
+            return {}
+        sql = "SELECT latent, label FROM labels WHERE sae = ?"
+        params: list = [sae]
+        if latents is not None:
+            sql += " AND latent IN (SELECT unnest(?::INTEGER[]))"
+            params.append(list(latents))
+        return {r["latent"]: r["label"] for r in self.rows(sql, params)}
+
+    # --- search ---------------------------------------------------------------------------
+    def search_labels(self, text: str) -> list[dict]:
+        if not self.has("labels"):
+            return []
+        return self.rows("SELECT sae, latent, label FROM labels "
+                         "WHERE contains(lower(label), lower(?)) ORDER BY sae, latent", [text])
+
+    def features_on_token(self, sae: str, token: str, limit: int = 50) -> list[dict]:
+        """Latents whose indexed contexts activate on `token` (exact text, or a token id)."""
+        if not self.has("contexts", "vocab"):
+            return []
+        return self.rows(
+            "WITH ids AS (SELECT token_id FROM vocab WHERE sae = ? AND (token = ? "
+            "  OR trim(replace(token, 'Ġ', ' ')) = trim(?) OR CAST(token_id AS VARCHAR) = ?)) "
+            "SELECT latent, count(*) AS contexts, max(act) AS max_act FROM contexts "
+            "WHERE sae = ? AND tokens[center + 1] IN (SELECT token_id FROM ids) "
+            "GROUP BY latent ORDER BY max_act DESC LIMIT ?",
+            [sae, token, token, token.strip(), sae, limit])
+
+    def features_by(self, sae: str, order: str, limit: int = 50) -> list[dict]:
+        if not self.has("features"):
+            return []
+        return self.rows(
+            f"SELECT latent, density, max_act, fires, dead, dense FROM features "
+            f"WHERE sae = ? AND NOT dead ORDER BY {ORDERS[order]}, latent LIMIT ?", [sae, limit])
+
+    # --- dead and dense -------------------------------------------------------------------
+    def densities(self, sae: str):
+        if not self.has("features"):
+            return None
+        return self.frame("SELECT latent, density, fires, tokens_seen, max_act, dead, dense "
+                          "FROM features WHERE sae = ? ORDER BY latent", [sae])
