@@ -57,14 +57,12 @@ def write_parquet_atomic(path: Path, rows: list[dict] | pa.Table) -> None:
 
 
 def _view_sql(workspace: Path, name: str, temp: bool) -> str | None:
-    pattern = workspace.resolve() / VIEWS[name]
     if not list(workspace.glob(VIEWS[name])):
         return None  # read_parquet fails on an empty glob; the view appears with its first file
     kind = "TEMP VIEW" if temp else "VIEW"
-    path = str(pattern).replace("'", "''")
     return (
         f"CREATE OR REPLACE {kind} {name} AS "
-        f"SELECT * FROM read_parquet('{path}', union_by_name = true)"
+        f"SELECT * FROM read_parquet({_glob_literal(workspace, name)}, union_by_name = true)"
     )
 
 
@@ -92,11 +90,20 @@ def connect(workspace: Path) -> duckdb.DuckDBPyConnection:
     workspace = Path(workspace)
     path = workspace / CATALOG_FILE
     con = duckdb.connect(str(path), read_only=True) if path.exists() else duckdb.connect()
+    # Binding a view reads its Parquet footers, so re-create only the views that the file
+    # lacks or that point elsewhere (a moved workspace); this halves a page's query time.
+    stored = dict(con.execute(
+        "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal AND NOT temporary"
+    ).fetchall())
     for name in VIEWS:
         sql = _view_sql(workspace, name, temp=True)
-        if sql:
+        if sql and _glob_literal(workspace, name) not in stored.get(name, ""):
             con.execute(sql)
     return con
+
+
+def _glob_literal(workspace: Path, name: str) -> str:
+    return "'" + str(workspace.resolve() / VIEWS[name]).replace("'", "''") + "'"
 
 
 def query(workspace: Path, sql: str, params: list | None = None) -> pa.Table:
