@@ -54,3 +54,16 @@ def tiny_workspace(tmp_path_factory) -> Path:
     from workspace_builder import build_tiny_workspace
 
     return build_tiny_workspace(tmp_path_factory.mktemp("ws") / "ws")
+
+
+@pytest.fixture(scope="session")
+def two_sae_workspace(tiny_workspace, tmp_path_factory) -> Path:
+    """A copy of the tiny workspace with a second SAE (k 2, evaluated, not indexed)."""
+    import shutil
+
+    from workspace_builder import add_second_sae
+
+    dest = tmp_path_factory.mktemp("ws2") / "ws"
+    shutil.copytree(tiny_workspace, dest)
+    add_second_sae(dest)
+    return dest

@@ -11,15 +11,6 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-@pytest.fixture(scope="module")
-def ws_path(request, tmp_path_factory) -> Path:
-    from test_api import add_second_sae, workspace_copy
-
-    path = workspace_copy(request, tmp_path_factory, "nb")
-    add_second_sae(path)
-    return path
-
-
 def test_notebooks_are_committed_without_outputs():
     import nbformat
 
@@ -30,18 +21,14 @@ def test_notebooks_are_committed_without_outputs():
 
 
 @pytest.mark.parametrize("name", ["01_sql_over_a_workspace", "02_python_api"])
-def test_notebook_runs(name, ws_path, tmp_path, monkeypatch):
+def test_notebook_runs(name, two_sae_workspace, tmp_path, monkeypatch):
     import nbclient
     import nbformat
 
-    import saebench
-
-    if name.startswith("01") and "features" not in saebench.open_workspace(ws_path).tables():
-        pytest.skip("the SQL notebook needs the feature index (saebench index)")
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     # The kernel inherits this environment: the workspace to open, and this interpreter's
     # folder first on PATH so that "python3" is the venv's (with saebench installed).
-    monkeypatch.setenv("SAEBENCH_WORKSPACE", str(ws_path))
+    monkeypatch.setenv("SAEBENCH_WORKSPACE", str(two_sae_workspace))
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
                                      resources={"metadata": {"path": str(tmp_path)}})

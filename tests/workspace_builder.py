@@ -30,3 +30,18 @@ def build_tiny_workspace(root: Path) -> Path:
     settings = IndexSettings(batch_tokens=1024)
     build_index(sae_dir, open_store(store_path), settings, progress=False, echo=lambda _: None)
     return root
+
+
+def add_second_sae(ws: Path) -> str:
+    """Train and evaluate a second SAE (k 2) on the workspace's store; returns its name."""
+    import saebench
+    from saebench.cli import main as cli
+
+    workspace = saebench.open_workspace(ws)
+    first = workspace.sae(workspace.saes()[0])
+    out = ws / "saes" / f"{first.name}-k2"
+    assert cli(["train", "--store", str(ws / first.run["store_path"]), "--out", str(out),
+                "--k", "2", "--width", str(first.cfg["d_sae"]), "--tokens", "4096",
+                "--batch-size", "256", "--no-progress"]) == 0
+    assert cli(["eval", "--sae", str(out)]) == 0
+    return out.name
