@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/train_bench.py            # GPU shapes on CUDA, CPU shapes otherwise
     .venv/bin/python benchmarks/train_bench.py --cpu      # force the CPU shapes
+    .venv/bin/python benchmarks/train_bench.py --archs    # step time of every architecture
+
+`--archs` times every registered architecture's step at one shape (the first width), relative
+to TopK of the same shape, next to SAELens's own BatchTopK and matching-pursuit steps (its MP
+at 32 iterations, as our MP at T = k = 32). gsae gets a random gradient batch.
 
 GPU shapes: d_in 576, d_sae 16384 and 24576, k 32, batch 8192 (bf16 autocast for everyone).
 CPU shapes: d_in 576, d_sae 4096 and 8192, k 32, batch 2048 (fp32).
@@ -25,8 +30,13 @@ from types import SimpleNamespace
 
 import torch
 
+from trainers import registry
 from trainers.dead import fires
-from trainers.topk import TopKConfig, TopKSAE
+from trainers.loop import needs_grads
+
+# The architectures' step-time targets relative to TopK (issue #5).
+TARGETS = {"mutual_choice": 1.3, "feature_choice": 1.3, "gsae": 1.3, "mp": 3.0}
+SAELENS_PEERS = {"batchtopk": "batchtopk", "mp": "matching_pursuit"}
 
 
 def _sync(device: torch.device) -> None:
@@ -54,10 +64,13 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def ours(x: torch.Tensor, d_sae: int, k: int, dead: torch.Tensor | None) -> Callable[[], None]:
-    sae = TopKSAE(x.shape[1], TopKConfig(d_sae=d_sae, k=k)).to(x.device)
+def ours(x: torch.Tensor, d_sae: int, k: int, dead: torch.Tensor | None,
+         arch: str = "topk") -> Callable[[], None]:
+    spec = registry.get(arch)
+    sae = spec.model(x.shape[1], spec.config(d_sae=d_sae, k=k)).to(x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4, eps=6.25e-10, fused=True)
-    ctx = SimpleNamespace(dead_mask=dead)
+    grad = torch.randn_like(x) if needs_grads(sae) else None
+    ctx = SimpleNamespace(step=0, dead_mask=dead, grad=grad)
 
     def step() -> None:
         with _autocast(x.device):
@@ -65,20 +78,42 @@ def ours(x: torch.Tensor, d_sae: int, k: int, dead: torch.Tensor | None) -> Call
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()
-        sae.after_step()
+        if hasattr(sae, "after_step"):
+            sae.after_step()
         fires(out.codes, d_sae)
 
     return step
 
 
-def saelens(x: torch.Tensor, d_sae: int, k: int, dead: torch.Tensor | None) -> Callable[[], None]:
-    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.saes.sae import TrainStepInput
+def _saelens_sae(kind: str, d_in: int, d_sae: int, k: int, device: torch.device):
+    import sae_lens
 
     # Defaults, as SAELens trains: dense codes (its use_sparse_activations=True fails in
     # backward on torch 2.13: aten::view has no SparseCPU kernel).
-    cfg = TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=d_sae, k=k, device=str(x.device))
-    sae = TopKTrainingSAE(cfg).to(x.device)
+    if kind == "topk":
+        cfg = sae_lens.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device=str(device))
+        return sae_lens.TopKTrainingSAE(cfg)
+    if kind == "batchtopk":
+        cfg = sae_lens.BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
+                                                  device=str(device))
+        return sae_lens.BatchTopKTrainingSAE(cfg)
+    from sae_lens.saes.matching_pursuit_sae import (
+        MatchingPursuitTrainingSAE,
+        MatchingPursuitTrainingSAEConfig,
+    )
+
+    # k iterations, no early stop: the same work as our MP at T = k.
+    cfg = MatchingPursuitTrainingSAEConfig(
+        d_in=d_in, d_sae=d_sae, device=str(device), residual_threshold=0.0, max_iterations=k,
+        stop_on_duplicate_support=False)
+    return MatchingPursuitTrainingSAE(cfg)
+
+
+def saelens(x: torch.Tensor, d_sae: int, k: int, dead: torch.Tensor | None,
+            kind: str = "topk") -> Callable[[], None]:
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae = _saelens_sae(kind, x.shape[1], d_sae, k, x.device).to(x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     since_fired = torch.zeros(d_sae, device=x.device)
 
@@ -128,6 +163,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per repetition")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (best is reported)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--archs", action="store_true", help="time every architecture")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,6 +182,8 @@ def main() -> None:
     print("| d_sae | dead | step | ms/step | tokens/s | vs SAELens | vs floor |")
     print("|---|---|---|---|---|---|---|")
     x = torch.randn(batch, d_in, device=device)
+    if args.archs:
+        return arch_table(x, widths[0], k, device, steps, args.reps)
     for d_sae in widths:
         for n_dead in (0, d_sae // 10):
             dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
@@ -165,6 +203,26 @@ def main() -> None:
                 dead_pct = f"{100 * n_dead / d_sae:.0f}%"
                 print(f"| {d_sae} | {dead_pct} | {label} | {1e3 * t:.1f} | {batch / t:,.0f} | "
                       f"{vs_lens} | {vs_floor} |", flush=True)
+
+
+def arch_table(x: torch.Tensor, d_sae: int, k: int, device: torch.device, steps: int,
+               reps: int) -> None:
+    """Every architecture's step at one shape, relative to TopK, with SAELens's peers."""
+    print(f"d_sae {d_sae}; no dead latents\n")
+    print("| architecture | ms/step | tokens/s | vs topk (time) | target | SAELens same arch |")
+    print("|---|---|---|---|---|---|")
+    times = {}
+    for arch in registry.ARCHITECTURES:
+        times[arch] = _time(ours(x, d_sae, k, None, arch), device, steps, reps)
+        peer = ""
+        if arch in SAELENS_PEERS:
+            kind = "batchtopk" if arch == "batchtopk" else "mp"
+            t_lens = _time(saelens(x, d_sae, k, None, kind), device, steps, reps)
+            peer = f"{1e3 * t_lens:.1f} ms ({t_lens / times[arch]:.2f}x ours)"
+        ratio = times[arch] / times["topk"]
+        target = f"≤ {TARGETS[arch]}x" if arch in TARGETS else ""
+        print(f"| {arch} | {1e3 * times[arch]:.1f} | {x.shape[0] / times[arch]:,.0f} | "
+              f"{ratio:.2f}x | {target} | {peer} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ next forward pass. At most `2 * writers` chunks are in flight, which bounds memo
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import duckdb
@@ -48,28 +49,42 @@ def plan_chunks(train: np.ndarray, heldout: np.ndarray, chunk_seqs: int) -> list
 
 def forward(model, hook: str, tokens: torch.Tensor, with_grads: bool):
     """Activations at `hook` for `tokens [b, ctx]`; optionally d(sum of next-token CE)/d(act)."""
+    return forward_hooks(model, (hook,), tokens, with_grads)[0]
+
+
+def forward_hooks(model, hooks: Sequence[str], tokens: torch.Tensor, with_grads: bool):
+    """`forward` at several hooks in one pass: a list of (activations, gradients or None)."""
     saved: dict[str, torch.Tensor] = {}
     if not with_grads:
 
         def keep(act, hook):
-            saved["x"] = act.detach()
+            saved[hook.name] = act.detach()
 
+        stops = [stop_layer(h) for h in hooks]
+        stop = None if None in stops else max(stops)
         with torch.inference_mode():
-            model.run_with_hooks(tokens, fwd_hooks=[(hook, keep)], stop_at_layer=stop_layer(hook))
-        return _flat(saved["x"]), None
+            model.run_with_hooks(tokens, fwd_hooks=[(h, keep) for h in hooks],
+                                 stop_at_layer=stop)
+        return [(_flat(saved[h]), None) for h in hooks]
 
     def leaf(act, hook):
-        # Replace the activation by a leaf that requires grad: backward then computes only
-        # what this gradient needs, never the parameters' gradients.
-        saved["x"] = act.detach().requires_grad_(True)
-        return saved["x"]
+        # The first hook's activation becomes a leaf that requires grad, so backward computes
+        # only what these gradients need, never the parameters' gradients. Later hooks stay in
+        # the graph (a leaf there would cut the earlier hooks' gradients) and retain theirs.
+        if not saved:
+            act = act.detach().requires_grad_(True)
+        else:
+            act.retain_grad()
+        saved[hook.name] = act
+        return act
 
     with torch.enable_grad():
         loss = model.run_with_hooks(
-            tokens, fwd_hooks=[(hook, leaf)], return_type="loss", loss_per_token=True
+            tokens, fwd_hooks=[(h, leaf) for h in hooks], return_type="loss",
+            loss_per_token=True,
         )
         loss.sum().backward()
-    return _flat(saved["x"].detach()), _flat(saved["x"].grad)
+    return [(_flat(saved[h].detach()), _flat(saved[h].grad)) for h in hooks]
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -96,25 +111,28 @@ def check_finite(x: torch.Tensor, chunk: Chunk, offset: int, tokenizer, what: st
     )
 
 
-def _compute(model, spec: StoreSpec, chunk: Chunk, batch_seqs: int, device: str):
-    """Run the model over a chunk; checks, statistics and the cast to 2 bytes happen on the
-    device, so only storage-sized tensors cross to the host (it matters on a GPU)."""
-    acts, grads, sums = [], [], []
-    store_dtype = STORED_DTYPES[spec.dtype]
+def _compute(model, specs: Sequence[StoreSpec], chunk: Chunk, batch_seqs: int, device: str):
+    """Run the model over a chunk at every spec's hook: one (chunk, stats) per spec. Checks,
+    statistics and the cast to 2 bytes happen on the device, so only storage-sized tensors
+    cross to the host (it matters on a GPU)."""
+    hooks, with_grads = [s.hook for s in specs], specs[0].with_grads
+    acts, grads, sums = ([[] for _ in specs] for _ in range(3))
     for lo in range(0, len(chunk.tokens), batch_seqs):
         toks = torch.from_numpy(chunk.tokens[lo : lo + batch_seqs]).long().to(device)
-        a, g = forward(model, spec.hook, toks, spec.with_grads)
-        check_finite(a, chunk, lo, model.tokenizer, "activations")
-        sums.append(chunk_stats(a))
-        acts.append(a.to(store_dtype).cpu())
-        if g is not None:
-            check_finite(g, chunk, lo, model.tokenizer, "gradients")
-            grads.append(g.to(torch.bfloat16).cpu())
-    chunk.acts = torch.cat(acts)
-    chunk.grads = torch.cat(grads) if grads else None
-    norm = float(sum(n for n, _, _ in sums))
-    total = torch.stack([x for _, x, _ in sums]).sum(0).cpu().numpy()
-    return norm, total, sum(c for _, _, c in sums)
+        for i, (a, g) in enumerate(forward_hooks(model, hooks, toks, with_grads)):
+            check_finite(a, chunk, lo, model.tokenizer, f"activations ({hooks[i]})")
+            sums[i].append(chunk_stats(a))
+            acts[i].append(a.to(STORED_DTYPES[specs[i].dtype]).cpu())
+            if g is not None:
+                check_finite(g, chunk, lo, model.tokenizer, f"gradients ({hooks[i]})")
+                grads[i].append(g.to(torch.bfloat16).cpu())
+    out = []
+    for a, g, part in zip(acts, grads, sums, strict=True):
+        norm = float(sum(n for n, _, _ in part))
+        total = torch.stack([x for _, x, _ in part]).sum(0).cpu().numpy()
+        done = replace(chunk, acts=torch.cat(a), grads=torch.cat(g) if g else None)
+        out.append((done, (norm, total, sum(c for _, _, c in part))))
+    return out
 
 
 def _remove_store(path: Path) -> None:
@@ -127,14 +145,15 @@ def _remove_store(path: Path) -> None:
         shards.rmdir()
 
 
-def prepare(spec: StoreSpec, device: str):
-    """Load and validate everything before the store file is created (bad input: no file)."""
+def prepare(specs: Sequence[StoreSpec], device: str):
+    """Load and validate everything before any store file is created (bad input: no file)."""
+    spec = specs[0]
     if spec.dtype not in ("float16", "bfloat16"):
         raise UserError(f"--dtype must be float16 or bfloat16, got {spec.dtype}")
     if spec.n_tokens <= 0 or spec.n_heldout_tokens <= 0:
         raise UserError("--tokens and --heldout-tokens must be positive")
     model = load_model(spec.model, device)
-    validate_hook(model, spec.hook)
+    hooks = [validate_hook(model, s.hook) for s in specs]
     if spec.ctx > model.cfg.n_ctx:
         raise UserError(f"--ctx {spec.ctx} exceeds the model's context of {model.cfg.n_ctx}")
     docs = load_documents(spec.dataset)
@@ -144,8 +163,18 @@ def prepare(spec: StoreSpec, device: str):
     corpus = sorted({d.doc_id.split("/")[0] for d in docs})
     # The hook decides the vector size (d_model, d_mlp, n_heads * d_head, ...): ask the model.
     probe = torch.from_numpy(windows.train[:1, :2]).long().to(device)
-    d_in = int(forward(model, spec.hook, probe, with_grads=False)[0].shape[-1])
-    return model, windows, corpus, d_in
+    d_ins = [int(x.shape[-1]) for x, _ in forward_hooks(model, hooks, probe, with_grads=False)]
+    return model, windows, corpus, d_ins
+
+
+def _check_specs(specs: Sequence[StoreSpec], paths: Sequence[Path]) -> None:
+    if not specs or len(specs) != len(paths):
+        raise UserError("caching needs one store path per hook (and at least one hook)")
+    if len({s.hook for s in specs}) != len(specs) or len(set(paths)) != len(paths):
+        raise UserError("the hooks (and their stores) of one caching pass must differ")
+    same = [replace(s, hook=specs[0].hook) for s in specs]
+    if any(s != same[0] for s in same):
+        raise UserError("stores cached in one pass must differ only in their hook")
 
 
 def cache(
@@ -157,11 +186,29 @@ def cache(
     progress: bool = True,
 ) -> dict:
     """Create or resume the store at `path`; returns its meta. See module docstring."""
-    path = Path(path)
-    if path.exists() and _is_complete(path, spec):
-        return _meta(path)
-    model, windows, corpus, d_in = prepare(spec, device)
-    created = not path.exists()
+    return cache_hooks([spec], [path], device, batch_seqs, writers, progress)[0]
+
+
+def cache_hooks(
+    specs: Sequence[StoreSpec],
+    paths: Sequence[Path],
+    device: str = "cpu",
+    batch_seqs: int = 32,
+    writers: int = 2,
+    progress: bool = True,
+) -> list[dict]:
+    """Create or resume one store per hook from ONE pass of the model (specs differ only in
+    their hook); returns their metas. A resumed pass computes the chunks any store lacks."""
+    all_paths = [Path(p) for p in paths]
+    _check_specs(specs, all_paths)
+    complete = [p.exists() and _is_complete(p, s) for s, p in zip(specs, all_paths, strict=True)]
+    if all(complete):
+        return [_meta(p) for p in all_paths]
+    # Finished stores are left alone; the pass computes only the hooks still missing.
+    specs = [s for s, c in zip(specs, complete, strict=True) if not c]
+    paths = [p for p, c in zip(all_paths, complete, strict=True) if not c]
+    model, windows, corpus, d_ins = prepare(specs, device)
+    spec = specs[0]
     vocab = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
     extra = dict(
         d_vocab=model.cfg.d_vocab,
@@ -174,42 +221,41 @@ def cache(
         grad_of="sum over the window of next-token cross-entropy" if spec.with_grads else None,
         code_version=CODE_VERSION,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = StoreWriter(path, spec, d_in, vocab, extra)
+    created, opened = [not p.exists() for p in paths], []
     try:
-        _run(
-            model,
-            spec,
-            writer,
-            plan_chunks(windows.train, windows.heldout, spec.chunk_seqs),
-            batch_seqs,
-            writers,
-            device,
-            progress,
-        )
-        meta = writer.finish()
+        for s, p, d_in in zip(specs, paths, d_ins, strict=True):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            opened.append(StoreWriter(p, s, d_in, vocab, extra))
+        _run(model, specs, opened, plan_chunks(windows.train, windows.heldout, spec.chunk_seqs),
+             batch_seqs, writers, device, progress)
+        for w in opened:
+            w.finish()
     except KeyboardInterrupt:
-        writer.close()  # committed chunks stay; the rerun resumes after them
+        for w in opened:
+            w.close()  # committed chunks stay; the rerun resumes after them
         raise
     except BaseException:
-        writer.close()
-        if created:
-            _remove_store(path)  # no half-written artifact from a run that failed outright
+        for w in opened:
+            w.close()
+        for p, new in zip(paths, created, strict=True):
+            if new:
+                _remove_store(p)  # no half-written artifact from a run that failed outright
         raise
-    writer.close()
-    return meta
+    for w in opened:
+        w.close()
+    return [_meta(p) for p in all_paths]
 
 
-def _run(model, spec, writer, chunks, batch_seqs, writers, device, progress) -> None:
-    done = writer.done_chunks()
-    todo = [c for c in chunks if c.index not in done]
+def _run(model, specs, stores, chunks, batch_seqs, writers, device, progress) -> None:
+    done = [w.done_chunks() for w in stores]
+    todo = [c for c in chunks if any(c.index not in d for d in done)]
     total = sum(c.tokens.size for c in chunks)
     bar = tqdm(
         total=total,
         initial=total - sum(c.tokens.size for c in todo),
         unit="tok",
         unit_scale=True,
-        desc="cache",
+        desc="cache" if len(specs) == 1 else f"cache ({len(specs)} hooks)",
         disable=not progress,
         smoothing=0.1,
     )
@@ -217,10 +263,14 @@ def _run(model, spec, writer, chunks, batch_seqs, writers, device, progress) -> 
     with ThreadPoolExecutor(max_workers=writers) as pool:
         try:
             for chunk in todo:
-                stats = _compute(model, spec, chunk, batch_seqs, device)
-                while len(in_flight) >= 2 * writers:
-                    in_flight.pop(0).result()
-                in_flight.append(pool.submit(writer.commit, chunk, stats))
+                computed = _compute(model, specs, chunk, batch_seqs, device)
+                for w, d, (part, stats) in zip(stores, done, computed, strict=True):
+                    if chunk.index in d:
+                        continue
+                    while len(in_flight) >= 2 * writers:
+                        in_flight.pop(0).result()
+                    in_flight.append(pool.submit(w.commit, part, stats))
+                # The bar counts tokens once, when the chunk's last store has committed it.
                 in_flight[-1].add_done_callback(lambda f, n=chunk.tokens.size: bar.update(n))
         finally:
             # Drain: every chunk already computed is committed before we return or re-raise,

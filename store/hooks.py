@@ -15,6 +15,16 @@ def default_hook(n_layers: int) -> str:
     return f"blocks.{n_layers // 2}.hook_resid_post"
 
 
+def residual_hooks(n_layers: int, n: int) -> list[str]:
+    """n residual streams at evenly spaced depths, e.g. blocks 6, 12, 18, 24 of 30 for n = 4."""
+    if not 1 <= n <= n_layers:
+        raise UserError(f"resid:{n}: choose between 1 and the model's {n_layers} layers")
+    layers = sorted({min(n_layers - 1, round(i * n_layers / (n + 1))) for i in range(1, n + 1)})
+    if len(layers) < n:  # shallow models: spread over every depth, ends included
+        layers = [round(i * (n_layers - 1) / max(n - 1, 1)) for i in range(n)]
+    return [f"blocks.{layer}.hook_resid_post" for layer in layers]
+
+
 def validate_hook(model, hook: str) -> str:
     """Return the hook name if the model has it, else a UserError naming the closest ones."""
     names = list(model.hook_dict)

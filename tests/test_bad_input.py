@@ -85,18 +85,18 @@ def test_truncated_store(capsys, tmp_path, tiny_store):
 def test_non_finite_activations_are_located(tmp_path, monkeypatch):
     import store.caching as caching
 
-    real = caching.forward
+    real = caching.forward_hooks
 
-    def poisoned(model, hook, tokens, with_grads):
-        x, g = real(model, hook, tokens, with_grads)
+    def poisoned(model, hooks, tokens, with_grads):
+        (x, g), = real(model, hooks, tokens, with_grads)
         x = x.clone()
         if x.shape[0] > 1:  # leave the one-window probe that sizes the store alone
             x[1, 5, 0] = torch.nan
-        return x, g
+        return [(x, g)]
 
-    monkeypatch.setattr(caching, "forward", poisoned)
+    monkeypatch.setattr(caching, "forward_hooks", poisoned)
     store = tmp_path / "s.duckdb"
-    with pytest.raises(UserError, match=r"non-finite activations at seq 1 pos 5"):
+    with pytest.raises(UserError, match=r"non-finite activations \(.*\) at seq 1 pos 5"):
         caching.cache(tiny_spec(n_tokens=1024, n_heldout_tokens=256), store, progress=False)
     assert not store.exists() and not store.with_suffix(".shards").exists()
 

@@ -74,6 +74,20 @@ def geometric_median(x: Float[Tensor, "tokens d_in"], iters: int = 64) -> Float[
     return y
 
 
+def needs_grads(arch_or_sae: Any) -> bool:
+    """Whether an architecture (class or instance) selects latents with the loss gradient."""
+    return bool(getattr(arch_or_sae, "needs_grads", False))
+
+
+def check_grads(configs: Sequence[Any], has_grads: bool) -> None:
+    """A one-line error when a gradient-aware SAE is asked of a store without gradients."""
+    for cfg in configs:
+        name = registry.name_of(cfg)
+        if needs_grads(registry.get(name).model) and not has_grads:
+            raise UserError(f"{name} selects latents with the loss gradient, but this store "
+                            "holds none: cache it with `saebench cache --with-grads`")
+
+
 def run_key(name: str, cfg: Any, train: TrainConfig, store_meta: dict) -> dict:
     """Everything that determines the trained weights; a resumed run must match it."""
     key = {"arch": name, "config": asdict(cfg), "train": train.semantic(), "store": store_meta}
@@ -162,8 +176,10 @@ def _publish_curves(members: list[Member]) -> float:
 
 
 def _batches(source: Source, train: TrainConfig, start: int, device: torch.device,
-             scale: float):
-    for batch in source.batches(train.batch_size, seed=train.seed, start=start):
+             scale: float, with_grads: bool):
+    # Gradients stay in raw units: only their direction matters to gradient-aware selection.
+    for batch in source.batches(train.batch_size, seed=train.seed, start=start,
+                                with_grads=with_grads):
         x, grad = batch if isinstance(batch, tuple) else (batch, None)
         x = x.to(device, non_blocking=True).float() * scale  # never in place: x may be a view
         yield x, (None if grad is None else grad.to(device, non_blocking=True).float())
@@ -187,7 +203,8 @@ def _run(members: list[Member], source: Source, train: TrainConfig, start: int,
     t0, bar = time.perf_counter(), tqdm(
         total=n_steps * train.batch_size, initial=start * train.batch_size, unit="tok",
         unit_scale=True, disable=not train.progress, dynamic_ncols=True)
-    data, published = _batches(source, train, start, device, scale), t0
+    with_grads = any(needs_grads(m.sae) for m in members)
+    data, published = _batches(source, train, start, device, scale, with_grads), t0
     with checkpoint.DeferredInterrupt() as interrupt, bar:
         for step in range(start, n_steps):
             x, grad = next(data)
@@ -273,6 +290,7 @@ def train_saes(
     if n_steps < 1:
         raise UserError(f"--tokens ({train.tokens}) must be at least --batch-size "
                         f"({train.batch_size})")
+    check_grads(configs, bool(getattr(source, "has_grads", False)))
     keys = [run_key(registry.name_of(c), c, train, store_meta) for c in configs]
     if checkpoint.check_outputs(out_dirs, keys):
         print(f"already trained: {', '.join(str(d) for d in out_dirs)}")

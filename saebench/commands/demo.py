@@ -79,7 +79,7 @@ def _steps(args: Args) -> dict[str, Callable[[], str | None]]:
     from saebench.commands import cache, train
     from trainers.config import TrainConfig
 
-    cache_args = cache.Args(model=args.model, hook=args.hook, dataset=args.dataset,
+    cache_args = cache.Args(model=args.model, hook=(args.hook,), dataset=args.dataset,
                             tokens=args.tokens, store=args.store)
     train_args = train.Args(store=args.store, out=args.sae, train=TrainConfig(
         tokens=args.train_tokens), k=(args.k,), width=(args.width,))

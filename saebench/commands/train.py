@@ -1,13 +1,16 @@
 """`saebench train`: train one SAE, or a sweep of them from one pass over a store.
 
-Several `--k` and/or `--width` values train every (k, width) combination from the same stream
-of batches. A single SAE is written to `--out` itself; a sweep writes one folder per
-combination beside it, named `<out>-k<k>-w<width>` (e.g. runs/saes/NAME-k32-w4608).
+Several `--arch`, `--k` and/or `--width` values train every (arch, k, width) combination from
+the same stream of batches. A single SAE is written to `--out` itself; a sweep writes one
+folder per combination beside it, named `<out>-<arch>-k<k>-w<width>`, leaving out the parts
+that do not vary (e.g. runs/saes/NAME-k32-w4608 for a k/width sweep of one architecture).
+Architecture-specific hyperparameters are set with `--set ARCH.FIELD=VALUE`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -19,35 +22,74 @@ from trainers.config import TrainConfig
 
 @dataclass(frozen=True)
 class Args:
-    """Train TopK SAEs on a store (resumable: rerun the same command after an interrupt)."""
+    """Train SAEs on a store (resumable: rerun the same command after an interrupt)."""
 
     store: Path
     """The activation store to train on (a .duckdb file written by `saebench cache`)."""
     out: Path
-    """The SAE folder, e.g. runs/saes/NAME; a sweep writes NAME-k<k>-w<width> folders instead."""
+    """The SAE folder, e.g. runs/saes/NAME; a sweep writes NAME-<arch>-k<k>-w<width> folders."""
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes]
     """How to train (flags shared by every SAE of a sweep)."""
-    arch: str = "topk"
-    """Architecture, from trainers.registry.ARCHITECTURES."""
+    arch: tuple[str, ...] = ("topk",)
+    """Architectures (topk, batchtopk, mutual_choice, feature_choice, gsae, mp); several train a
+    sweep from one pass. gsae needs a store cached with --with-grads."""
     k: tuple[int, ...] = (32,)
     """Active latents per token; several values train a sweep."""
     width: tuple[int, ...] = (4608,)
     """Number of latents (d_sae); several values train a sweep."""
+    set: tuple[str, ...] = ()
+    """Architecture hyperparameters as ARCH.FIELD=VALUE, e.g. mp.residual_threshold=0.1 or
+    topk.auxk_coef=0.05 (see each config class in trainers/)."""
+
+
+def _parse_sets(args: Args) -> dict[str, dict]:
+    """--set values as {arch: {field: value}}; values are JSON (numbers, true, null) or text."""
+    out: dict[str, dict] = {}
+    for item in args.set:
+        target, eq, value = item.partition("=")
+        arch, dot, name = target.partition(".")
+        if not (eq and dot and name):
+            raise UserError(f"--set {item!r}: expected ARCH.FIELD=VALUE, e.g. mp.k=16")
+        if arch not in args.arch:
+            raise UserError(f"--set {item!r}: {arch!r} is not among --arch {' '.join(args.arch)}")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(arch, {})[name] = parsed
+    return out
+
+
+def _config(arch_name: str, k: int, width: int, extra: dict):
+    from trainers import registry
+
+    config = registry.get(arch_name).config
+    known = {f.name for f in fields(config)} - {"d_sae", "k"}
+    for name in extra:
+        if name not in known:
+            choices = ", ".join(sorted(known)) or "none"
+            raise UserError(f"--set {arch_name}.{name}: unknown field (known: {choices})")
+    try:
+        return replace(config(d_sae=width, k=k), **extra)  # validates in __post_init__
+    except TypeError as err:
+        raise UserError(f"--set {arch_name}: {err}") from None
 
 
 def plan(args: Args) -> tuple[list, list[Path]]:
     """The architecture configs and output folders of a run; fails before anything is written."""
-    from trainers import registry
-
-    arch = registry.get(args.arch)
-    combos = [(k, w) for k in args.k for w in args.width]
+    combos = [(a, k, w) for a in args.arch for k in args.k for w in args.width]
     if not combos:
-        raise UserError("--k and --width need at least one value each")
-    configs = [arch.config(d_sae=w, k=k) for k, w in combos]  # validates k < width
+        raise UserError("--arch, --k and --width need at least one value each")
+    if len(set(combos)) != len(combos):
+        raise UserError("--arch, --k and --width values must not repeat")
+    extra = _parse_sets(args)
+    configs = [_config(a, k, w, extra.get(a, {})) for a, k, w in combos]
     if len(combos) == 1:
         return configs, [args.out]
-    names = [args.out.with_name(f"{args.out.name}-k{k}-w{w}") for k, w in combos]
-    return configs, names
+    parts = [(f"-{a}" if len(args.arch) > 1 else "")
+             + (f"-k{k}-w{w}" if len(args.k) > 1 or len(args.width) > 1 else "")
+             for a, k, w in combos]
+    return configs, [args.out.with_name(args.out.name + p) for p in parts]
 
 
 def _recorded_path(store: Path, out: Path) -> str:
@@ -71,8 +113,10 @@ def run(args: Args, source, store_meta: dict) -> list[Path]:
 
 def main(args: Args) -> None:
     from store.activation_store import open_store
+    from trainers.loop import check_grads
 
-    plan(args)  # bad --arch/--k/--width fail before the store is even opened
+    configs, _ = plan(args)  # bad --arch/--k/--width/--set fail before the store is opened
     store = open_store(args.store)
+    check_grads(configs, store.meta.get("with_grads", False))
     for folder in run(args, store.source("train"), store.meta):
         print(folder)
