@@ -23,6 +23,9 @@ COMMANDS = {
     "app": "Browse a workspace's SAEs, features and evals in a local Streamlit app.",
     "demo": "Run the whole demo: cache, train, evaluate and index a TopK SAE, then summarise.",
     "info": "Describe a store, an SAE folder or a workspace.",
+    "heads": "Rank a model's attention heads for a task with discrete SAEs (seconds).",
+    "tasks": "Score a model on the circuit task suites (clean and corrupt prompts).",
+    "circuits": "Find a sparse feature circuit for a task across SAEs at several hooks.",
 }
 
 
@@ -33,12 +36,17 @@ def _load(name: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     modules = {name: _load(name) for name in COMMANDS}
-    args = tyro.extras.subcommand_cli_from_dict(
-        {name: mod.Args for name, mod in modules.items()},
-        prog="saebench",
-        args=argv,
-        description="saebench: cache, train, evaluate and browse sparse autoencoders.",
-    )
+    try:
+        args = tyro.extras.subcommand_cli_from_dict(
+            {name: mod.Args for name, mod in modules.items()},
+            prog="saebench",
+            args=argv,
+            description="saebench: cache, train, evaluate and browse sparse autoencoders.",
+        )
+    except UserError as err:  # a config dataclass rejected a value while tyro built it
+        name = next((a for a in argv if a in COMMANDS), "")
+        print(f"saebench {name}: error: {err}".replace("  ", " "), file=sys.stderr)
+        return 2
     command = next(n for n, m in modules.items() if isinstance(args, m.Args))
     try:
         modules[command].main(args)

@@ -29,6 +29,8 @@ VIEWS: dict[str, str] = {
     "training_curves": "saes/*/curves.parquet",
     "eval_metrics": "saes/*/evals/*.parquet",
     "feature_counts": "saes/*/features/fire_counts.parquet",
+    # Written by `saebench eval --evals synthetic`: one wide row per SAE.
+    "synthetic_metrics": "saes/*/synthetic.parquet",
     # Written by `saebench index` (schema: saebench/index/schema.py).
     "features": "saes/*/index/features.parquet",
     "contexts": "saes/*/index/contexts.parquet",

@@ -70,18 +70,27 @@ class LensCoder:
 class MemoryStore:
     """The reading side of an activation store, held in memory (same order and BOS rule)."""
 
-    def __init__(self, meta: dict, heldout: Tensor, windows: Tensor | None = None):
+    def __init__(
+        self, meta: dict, heldout: Tensor, windows: Tensor | None = None,
+        grads: Tensor | None = None,
+    ):
         self.meta = meta
         self.acts = heldout
         self.windows = windows
+        self.grads = grads
+        self.has_grads = grads is not None
 
     def n_tokens(self, split: str) -> int:
         return int(self.acts.shape[0]) if split == "heldout" else 0
 
-    def iter_activations(self, split: str, batch_tokens: int, limit: int | None = None):
-        n = self.acts.shape[0] if limit is None else min(limit, self.acts.shape[0])
+    def iter_activations(
+        self, split: str, batch_tokens: int, limit: int | None = None, grads: bool = False
+    ):
+        rows = self.grads if grads else self.acts
+        assert rows is not None
+        n = rows.shape[0] if limit is None else min(limit, rows.shape[0])
         for lo in range(0, n, batch_tokens):
-            yield self.acts[lo : min(lo + batch_tokens, n)]
+            yield rows[lo : min(lo + batch_tokens, n)]
 
     def token_windows(self, split: str) -> Tensor:
         assert self.windows is not None

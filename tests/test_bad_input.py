@@ -124,3 +124,9 @@ def test_settings_mismatch_on_resume(capsys, tiny_store):
         ["cache", *TINY, "--tokens", "999", "--store", str(tiny_store)],
         "different settings",
     )
+
+
+def test_values_rejected_by_a_config_dataclass(capsys, tmp_path):
+    # tyro builds the config, whose __post_init__ raises: still one line and exit 2.
+    _fails(capsys, ["eval", "--core.batch-tokens", "0", "--sae", str(tmp_path)],
+           "batch_tokens must be positive")

@@ -12,6 +12,8 @@ from sae_lens import (
     BatchTopKTrainingSAE,
     BatchTopKTrainingSAEConfig,
     JumpReLUSAEConfig,
+    MatchingPursuitSAE,
+    MatchingPursuitSAEConfig,
     StandardSAEConfig,
     TopKSAEConfig,
 )
@@ -116,6 +118,16 @@ def test_we_load_saelens_topk(tmp_path, rescale, apply_b_dec):
     cfg = TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=6, rescale_acts_by_decoder_norm=rescale,
                         apply_b_dec_to_input=apply_b_dec)
     _roundtrip(LensTopK(cfg), tmp_path)
+
+
+@pytest.mark.parametrize(("apply_b_dec", "threshold", "dup"),
+                         [(True, 1e-2, True), (False, 1.5, False)])
+def test_we_load_saelens_matching_pursuit(tmp_path, apply_b_dec, threshold, dup):
+    # SAELens's defaults (max_iterations None = d_in steps, stop on a repeated support), and
+    # a threshold that stops some tokens early. _random_weights gives non-unit-norm atoms.
+    cfg = MatchingPursuitSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=apply_b_dec,
+                                   residual_threshold=threshold, stop_on_duplicate_support=dup)
+    _roundtrip(MatchingPursuitSAE(cfg), tmp_path)
 
 
 def test_we_load_saelens_batchtopk_saved_as_jumprelu(tmp_path):

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from store.errors import UserError
+from trainers.batchtopk import BatchTopKConfig, BatchTopKSAE
+from trainers.feature_choice import FeatureChoiceConfig, FeatureChoiceSAE
+from trainers.gsae import GSAE, GSAEConfig
+from trainers.mp import MPSAE, MPConfig
+from trainers.mutual_choice import MutualChoiceConfig, MutualChoiceSAE
 from trainers.topk import TopKConfig, TopKSAE
 
 
@@ -20,6 +25,11 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "topk": Architecture(config=TopKConfig, model=TopKSAE),
+    "mp": Architecture(config=MPConfig, model=MPSAE),
+    "batchtopk": Architecture(config=BatchTopKConfig, model=BatchTopKSAE),
+    "mutual_choice": Architecture(config=MutualChoiceConfig, model=MutualChoiceSAE),
+    "feature_choice": Architecture(config=FeatureChoiceConfig, model=FeatureChoiceSAE),
+    "gsae": Architecture(config=GSAEConfig, model=GSAE),
 }
 
 

@@ -4,8 +4,9 @@ Writing: the weights first, then `saebench_train.json` (run config, store metada
 metrics), then `cfg.json`, each atomically. `cfg.json` comes last because SAELens needs it to
 load anything, so a folder that has it is complete.
 
-Reading: `load_sae` turns any SAELens folder of architecture topk, standard or jumprelu (SAELens
-saves BatchTopK as jumprelu) into a SparseCoder that computes what SAELens's own module does.
+Reading: `load_sae` turns any SAELens folder of architecture topk, standard, jumprelu (SAELens
+saves BatchTopK as jumprelu) or matching_pursuit into a SparseCoder that computes what SAELens's
+own module does.
 Weights are loaded as float32; hook_z reshaping is ignored (we work on flat [tokens, d_in]).
 """
 
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from store.errors import UserError
+from trainers.mp import MPSAE, MPConfig
 from trainers.topk import TopKConfig, TopKSAE
 
 CFG_FILE = "cfg.json"
@@ -154,6 +156,8 @@ def _read_weights(folder: Path, cfg: dict) -> dict[str, Tensor]:
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if cfg["architecture"] == "jumprelu":
         shapes["threshold"] = (d_sae,)
+    if cfg["architecture"] == "matching_pursuit":  # tied: the encoder is W_decᵀ
+        del shapes["W_enc"], shapes["b_enc"]
     for name, shape in shapes.items():
         if name not in tensors:
             raise UserError(f"{path} is missing tensor {name}")
@@ -163,9 +167,26 @@ def _read_weights(folder: Path, cfg: dict) -> dict[str, Tensor]:
     return {name: tensors[name].float() for name in shapes}
 
 
+def _build_mp(cfg: dict, w: dict[str, Tensor]) -> MPSAE:
+    steps = cfg.get("max_iterations")
+    steps = cfg["d_in"] if steps is None else steps  # SAELens's default bound
+    threshold = cfg.get("residual_threshold", 1e-2)
+    if not isinstance(steps, int) or steps < 1 or not isinstance(threshold, int | float):
+        raise UserError(f"{CFG_FILE} is corrupt: matching_pursuit needs an integer "
+                        "max_iterations >= 1 and a numeric residual_threshold")
+    if not cfg.get("apply_b_dec_to_input", True):
+        # SAELens then neither subtracts nor adds b_dec: the same as our MP with b_dec = 0.
+        w["b_dec"] = torch.zeros_like(w["b_dec"])
+    mp_cfg = MPConfig(d_sae=cfg["d_sae"], k=steps, residual_threshold=max(float(threshold), 0.0),
+                      stop_on_duplicate_support=bool(cfg.get("stop_on_duplicate_support", True)))
+    return MPSAE(cfg["d_in"], mp_cfg)
+
+
 def _build(cfg: dict, w: dict[str, Tensor]) -> nn.Module:
     arch, d_in, d_sae = cfg["architecture"], cfg["d_in"], cfg["d_sae"]
-    if arch == "topk":
+    if arch == "matching_pursuit":
+        sae = _build_mp(cfg, w)
+    elif arch == "topk":
         k = cfg.get("k")
         if not isinstance(k, int) or not 0 < k < d_sae:
             raise UserError(f"{CFG_FILE} is corrupt: topk needs an integer k in [1, d_sae)")
@@ -188,12 +209,14 @@ def _build(cfg: dict, w: dict[str, Tensor]) -> nn.Module:
 
 
 def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Any SAELens-format folder (topk, standard, jumprelu) as a SparseCoder, in eval mode."""
+    """Any SAELens-format folder (topk, standard, jumprelu, matching_pursuit) as a SparseCoder,
+    in eval mode."""
     folder = Path(folder)
     cfg = _read_cfg(folder)
-    if cfg["architecture"] not in ("topk", "standard", "jumprelu"):
+    known = ("topk", "standard", "jumprelu", "matching_pursuit")
+    if cfg["architecture"] not in known:
         raise UserError(f"{folder}: SAELens architecture {cfg['architecture']!r} is not "
-                        "supported (topk, standard, jumprelu)")
+                        f"supported ({', '.join(known)})")
     norm = cfg.get("normalize_activations", "none") or "none"
     if norm not in IDENTITY_NORMS:
         raise UserError(f"{folder}: normalize_activations={norm!r} is not supported")

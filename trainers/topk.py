@@ -132,13 +132,17 @@ class TopKSAE(nn.Module):
         e_hat = codes @ self.W_dec.index_select(0, dead_idx)  # no b_dec: it is in x_hat
         return (e_hat.float() - e).pow(2).sum() / e.pow(2).sum().clamp_min(1e-12)
 
+    def _select(self, pre: Tensor, ctx: Any) -> Tensor:
+        """The k latents per token that a training step uses: the largest pre-activations."""
+        return pre.topk(self.k, dim=-1, sorted=False).indices
+
     def loss(self, x: Float[Tensor, "tokens d_in"], ctx: Any = None) -> LossOut:
         """Normalised MSE + auxk_coef · AuxK; `ctx.dead_mask` ([d_sae] bool) enables AuxK."""
         x = x.float()
         x_c = x - self.b_dec
         with torch.no_grad():
             pre = self._pre(x_c)
-            idx = pre.topk(self.k, dim=-1, sorted=False).indices
+            idx = self._select(pre, ctx)
             picked = pre.gather(1, idx)
             del pre
         vals = selected_pre(x_c, self.W_enc, self.b_enc, idx, picked).relu()

@@ -1,4 +1,9 @@
-"""`saebench eval`: evaluate an SAE on its store's held-out split and record the results."""
+"""`saebench eval`: evaluate an SAE on its store's held-out split and record the results.
+
+`--evals synthetic` is different: it needs no SAE and no store. It trains every registered
+architecture on SAELens synthetic data with a known dictionary (saebench/evals/synthetic.py)
+into `--workspace`, scores each against the truth and prints one row per SAE.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +11,75 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saebench.evals.configs import CoreConfig
+from saebench.evals.synthetic_config import SyntheticConfig
+from store.errors import UserError
+
+SYNTHETIC = "synthetic"
 
 
 @dataclass(frozen=True)
 class Args:
     """Evaluate an SAE folder; write evals/<name>.json and catalog rows, print a table."""
 
-    sae: Path
-    """SAE folder: saebench's or any SAELens-format folder (cfg.json + sae_weights.safetensors)."""
+    sae: Path | None = None
+    """SAE folder: saebench's or any SAELens-format folder (cfg.json + sae_weights.safetensors).
+    Required by every eval except synthetic."""
     store: Path | None = None
     """Activation store (*.duckdb) whose held-out split is used; default: the store recorded
     in the SAE folder. It must hold the SAE's hook and d_in."""
     evals: tuple[str, ...] = ("core",)
-    """Which evals to run, in order (see saebench.evals.EVALS): core."""
+    """Which evals to run, in order (see saebench.evals.EVALS): core, synthetic."""
     core: CoreConfig = field(default_factory=CoreConfig)
     """Settings of the core eval."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Settings of the synthetic (ground-truth) eval."""
+    workspace: Path | None = None
+    """Workspace that the synthetic eval trains its SAEs into (saes/synthetic-*), e.g. runs/x."""
+    markdown: bool = False
+    """Also print the synthetic eval's table as Markdown (for BENCHMARKS.md)."""
     device: str | None = None
     """Torch device for the SAE and the model; default: cuda if available, else cpu."""
 
 
-def main(args: Args) -> None:
-    import torch
-
+def _check(args: Args) -> None:
     from saebench.evals import get_eval
-    from saebench.evals.runner import open_context, run_evals
 
     for name in args.evals:
         get_eval(name)  # an unknown name fails before anything is loaded
+    if SYNTHETIC in args.evals:
+        if args.workspace is None:
+            raise UserError("--evals synthetic trains its own SAEs: pass --workspace DIR")
+        if args.sae is not None or len(args.evals) > 1:
+            raise UserError("--evals synthetic takes no --sae and runs alone; run the other "
+                            "evals in a separate command")
+    elif args.sae is None:
+        raise UserError(f"--evals {' '.join(args.evals)} needs --sae FOLDER")
+
+
+def _run_synthetic(args: Args) -> None:
+    from dataclasses import replace
+
+    from saebench.evals.synthetic import run_synthetic
+    from saebench.evals.synthetic_report import format_rows
+
+    cfg = args.synthetic
+    if args.device is not None and cfg.device == "auto":
+        cfg = replace(cfg, device=args.device)
+    rows = run_synthetic(cfg, args.workspace)
+    print(f"  wrote saes/*/synthetic.parquet and evals/synthetic.json under {args.workspace}")
+    if args.markdown:
+        print(format_rows(rows, cfg, markdown=True))
+
+
+def main(args: Args) -> None:
+    _check(args)
+    if SYNTHETIC in args.evals:
+        _run_synthetic(args)
+        return
+    import torch
+
+    from saebench.evals.runner import open_context, run_evals
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ctx = open_context(args.sae, args.store, device)
     configs = {name: getattr(args, name) for name in args.evals}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from saebench.evals.configs import CoreConfig
+from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
 
 
@@ -36,6 +37,11 @@ EVALS: dict[str, EvalSpec] = {
         config=CoreConfig,
         module="saebench.evals.core",
         summary="reconstruction, spliced CE/KL, fire counts and decoder similarity",
+    ),
+    "synthetic": EvalSpec(
+        config=SyntheticConfig,
+        module="saebench.evals.synthetic",
+        summary="train every architecture on SAELens synthetic data; MCC etc. vs the truth",
     ),
 }
 

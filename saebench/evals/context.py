@@ -30,7 +30,9 @@ class EvalStore(Protocol):
 
     def iter_activations(
         self, split: str, batch_tokens: int, limit: int | None = None
-    ) -> Iterator[Tensor]: ...
+    ) -> Iterator[Tensor]:
+        """Also takes `grads=True` (the same rows' gradients) where `has_grads` is true."""
+        ...
 
     def token_windows(self, split: str) -> Tensor: ...
 

@@ -2,11 +2,17 @@
 
 The SAE sees raw activations: a saved SAE has any training-time normalisation folded into
 its weights, so x, x̂ and every metric are in the model's own units.
+
+A gradient-aware SAE (g-SAE: it has `encode_with_grad`) is scored in both inference modes:
+plain TopK under the usual names, and gradient-aware selection under `grad_aware/` names
+(reconstruction and downstream). Its held-out gradients come from the store when it cached them
+(`--with-grads`), else from a forward and backward of the model over the same windows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +21,7 @@ from torch import Tensor
 
 from saebench.evals.configs import DEFAULT_CE_TOKENS, CoreConfig
 from saebench.evals.context import HELDOUT, EvalContext, EvalResult
-from saebench.evals.downstream import downstream_metrics
+from saebench.evals.downstream import GRAD_AWARE, downstream_metrics
 from saebench.evals.features import (
     FireCounter,
     count_windows,
@@ -92,6 +98,64 @@ def stream(
     return recon, fires
 
 
+def _computed_grads(ctx: EvalContext, cfg: CoreConfig) -> Iterator[Tensor]:
+    """Held-out gradients in the store's row order (windows in order, position 0 dropped),
+    computed with the model: d(summed next-token CE)/d(activation), as `cache --with-grads`."""
+    from store.caching import forward
+
+    model = ctx.model()
+    device = next(model.parameters()).device
+    tokens = ctx.store.token_windows(HELDOUT)
+    batch_seqs = max(1, cfg.ce_batch_tokens // tokens.shape[1])
+    for lo in range(0, tokens.shape[0], batch_seqs):
+        _, grad = forward(model, ctx.hook, tokens[lo : lo + batch_seqs].to(device), True)
+        yield grad[:, 1:].reshape(-1, grad.shape[-1])
+
+
+def heldout_grads(ctx: EvalContext, cfg: CoreConfig, n_tokens: int) -> tuple[Iterator, str]:
+    """Batches of held-out gradients aligned with `iter_activations`, and where they came from."""
+    if getattr(ctx.store, "has_grads", False):
+        grads = ctx.store.iter_activations(HELDOUT, cfg.batch_tokens, limit=n_tokens, grads=True)
+        return grads, "the store's cached held-out gradients (bfloat16)"
+    return _computed_grads(ctx, cfg), "computed with the model (the store has none cached)"
+
+
+def _rows(batches: Iterator[Tensor], n: int, buffer: list[Tensor]) -> Tensor:
+    """The next n rows of a stream of row batches (`buffer` holds what was read ahead)."""
+    have = sum(len(b) for b in buffer)
+    while have < n:
+        buffer.append(next(batches))
+        have += len(buffer[-1])
+    rows = torch.cat(buffer)
+    buffer[:] = [rows[n:]]
+    return rows[:n]
+
+
+def stream_grad_aware(
+    ctx: EvalContext, cfg: CoreConfig, n_tokens: int
+) -> tuple[ReconstructionStats, str]:
+    """The reconstruction sums of gradient-aware mode, over the same tokens as `stream`."""
+    sae, dtype = ctx.sae, ctx.sae_dtype()
+    recon = ReconstructionStats(sae.d_in)
+    grads, source = heldout_grads(ctx, cfg, n_tokens)
+    buffer: list[Tensor] = []
+    for x in ctx.store.iter_activations(HELDOUT, cfg.batch_tokens, limit=n_tokens):
+        x = x[: n_tokens - recon.n].to(ctx.device, dtype)
+        grad = _rows(grads, x.shape[0], buffer).to(ctx.device, dtype)
+        with torch.inference_mode():
+            codes = sae.encode_with_grad(x, grad)
+            recon.update(x, sae.decode(codes), codes)
+        if recon.n >= n_tokens:
+            break
+    return recon, source
+
+
+def _grad_aware_recon(recon: ReconstructionStats) -> dict[str, float]:
+    # n_tokens and total_variance are the plain mode's: the same tokens.
+    same = ("n_tokens", "total_variance")
+    return {f"{GRAD_AWARE}/{k}": v for k, v in recon.compute().items() if k not in same}
+
+
 def ablation_mean(
     ctx: EvalContext, recon: ReconstructionStats
 ) -> tuple[Float[Tensor, " d_in"], str]:
@@ -117,6 +181,15 @@ def run(ctx: EvalContext, cfg: CoreConfig) -> EvalResult:
         "dense": "fires on more than 1% (10%) of all eval tokens",
         "mse": "E||x - x_hat||^2: summed over d_in, averaged over tokens",
     }
+    grad_aware = hasattr(ctx.sae, "encode_with_grad")
+    if grad_aware:
+        recon_g, grad_source = stream_grad_aware(ctx, cfg, p.n_tokens)
+        grad_metrics = _grad_aware_recon(recon_g)
+        notes[GRAD_AWARE] = (
+            "g-SAE scored twice: plain TopK selection (unprefixed names) and gradient-aware "
+            f"selection ({GRAD_AWARE}/ names); held-out gradients {grad_source}; in spliced runs "
+            "the gradient is the clean run's"
+        )
     if p.n_seqs:
         from store.hooks import validate_hook
 
@@ -127,7 +200,7 @@ def run(ctx: EvalContext, cfg: CoreConfig) -> EvalResult:
         seq_len = tokens.shape[1]
         batch_seqs = max(1, cfg.ce_batch_tokens // seq_len)
         metrics |= downstream_metrics(
-            model, ctx.sae, ctx.hook, tokens, mean, p.first_pos, batch_seqs
+            model, ctx.sae, ctx.hook, tokens, mean, p.first_pos, batch_seqs, grad_aware
         )
         notes["bos"] = (
             "position 0 (BOS) spliced too, as SAELens does"
@@ -137,6 +210,8 @@ def run(ctx: EvalContext, cfg: CoreConfig) -> EvalResult:
         )
         notes["mean_ablation"] = f"the activation set to {source}"
         notes["kl"] = "KL(clean || run), summed over the vocabulary, mean over positions"
+    if grad_aware:
+        metrics |= grad_metrics
     return EvalResult(
         metrics=metrics,
         notes=notes,

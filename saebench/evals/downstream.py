@@ -13,6 +13,12 @@ position 0 (its activation is a huge outlier that SAEs are not trained on), so s
 would measure something the SAE was never asked to do. CE then averages the predictions made
 at positions 1..ctx-2 and KL positions 1..ctx-1 (the logits at position 0 are untouched).
 `first_pos=0` splices every position, as SAELens's evals do.
+
+Gradient-aware SAEs (g-SAE, Olmo et al. 2024) get a fifth run, `grad_aware`: the SAE selects its
+latents with the gradient of the summed next-token CE at the hook, computed on the CLEAN run of
+the same batch (one extra forward and backward). The clean gradient is what the SAE was trained
+with and what it would see deployed on an unmodified model; a gradient taken inside the spliced
+run would depend on the reconstruction being measured.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from trainers.protocol import SparseCoder
 
 Replace = Callable[[Tensor], Tensor]  # [batch, pos, d_in] -> [batch, pos, d_in]
 RUNS = ("sae", "zero_ablation", "mean_ablation")
+GRAD_AWARE = "grad_aware"  # the gradient-aware run, and the prefix of its metric names
 
 
 def replacements(sae: SparseCoder, mean: Float[Tensor, " d_in"]) -> dict[str, Replace]:
@@ -42,6 +49,17 @@ def replacements(sae: SparseCoder, mean: Float[Tensor, " d_in"]) -> dict[str, Re
         "zero_ablation": torch.zeros_like,
         "mean_ablation": lambda x: mean.to(x.device, x.dtype).expand_as(x),
     }
+
+
+def grad_aware_replacement(sae: SparseCoder, grad: Float[Tensor, "batch pos d_in"]) -> Replace:
+    """The g-SAE's gradient-aware reconstruction, given dL/dx at the spliced positions."""
+
+    def reconstruct(x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(sae.W_dec.dtype)
+        g = grad.reshape(flat.shape).to(flat)
+        return sae.decode(sae.encode_with_grad(flat, g)).reshape(x.shape).to(x.dtype)
+
+    return reconstruct
 
 
 def splice_hook(replace: Replace, first_pos: int, d_in: int):
@@ -64,21 +82,31 @@ def splice_hook(replace: Replace, first_pos: int, d_in: int):
 class DownstreamStats:
     """Running sums of per-token CE (per run) and KL to the clean run."""
 
-    def __init__(self):
+    def __init__(self, runs: tuple[str, ...] = RUNS):
         self.n_ce = 0
         self.n_kl = 0
-        self.ce = dict.fromkeys(("clean", *RUNS), 0.0)
-        self.kl = dict.fromkeys(RUNS, 0.0)
+        self.ce = dict.fromkeys(("clean", *runs), 0.0)
+        self.kl = dict.fromkeys(runs, 0.0)
 
     def compute(self) -> dict[str, float]:
         ce = {run: total / self.n_ce for run, total in self.ce.items()}
         out = {"ce_tokens": float(self.n_ce), "kl_tokens": float(self.n_kl)}
-        out |= {f"ce_{run}": value for run, value in ce.items()}
-        out["delta_ce"] = ce["sae"] - ce["clean"]
+        out |= {f"ce_{run}": ce[run] for run in ("clean", *RUNS)}
+        out |= self._spliced(ce, "sae", "")
+        out |= {f"kl_{run}": self.kl[run] / self.n_kl for run in RUNS}
+        if GRAD_AWARE in ce:
+            out[f"{GRAD_AWARE}/ce_sae"] = ce[GRAD_AWARE]
+            out |= self._spliced(ce, GRAD_AWARE, f"{GRAD_AWARE}/")
+            out[f"{GRAD_AWARE}/kl_sae"] = self.kl[GRAD_AWARE] / self.n_kl
+        return out
+
+    @staticmethod
+    def _spliced(ce: dict[str, float], run: str, prefix: str) -> dict[str, float]:
+        """ΔCE and CE recovered (per named baseline) of one SAE run."""
+        out = {f"{prefix}delta_ce": ce[run] - ce["clean"]}
         for base in ("zero_ablation", "mean_ablation"):
             gap = ce[base] - ce["clean"]
-            out[f"ce_recovered_vs_{base}"] = (ce[base] - ce["sae"]) / gap if gap else math.nan
-        out |= {f"kl_{run}": total / self.n_kl for run, total in self.kl.items()}
+            out[f"{prefix}ce_recovered_vs_{base}"] = (ce[base] - ce[run]) / gap if gap else math.nan
         return out
 
 
@@ -90,7 +118,6 @@ def _ce_per_token(
     return -preds.gather(-1, tokens[:, first_pos + 1 :, None]).squeeze(-1)
 
 
-@torch.inference_mode()
 def downstream_metrics(
     model,
     sae: SparseCoder,
@@ -99,26 +126,42 @@ def downstream_metrics(
     mean: Float[Tensor, " d_in"],
     first_pos: int = 1,
     batch_seqs: int = 8,
+    grad_aware: bool = False,
 ) -> dict[str, float]:
-    """CE for the clean, spliced and ablated model, CE recovered per baseline, ΔCE and KL."""
+    """CE for the clean, spliced and ablated model, CE recovered per baseline, ΔCE and KL;
+    with `grad_aware` (a g-SAE), also the gradient-aware splice under `grad_aware/` names."""
+    from store.caching import forward
+
     device = next(model.parameters()).device
     runs = replacements(sae, mean)
-    stats = DownstreamStats()
+    stats = DownstreamStats((*RUNS, GRAD_AWARE) if grad_aware else RUNS)
     for lo in range(0, tokens.shape[0], batch_seqs):
         batch = tokens[lo : lo + batch_seqs].to(device)
-        clean = model(batch, return_type="logits").float().log_softmax(-1)
-        p_clean = clean.exp()
-        ce = _ce_per_token(clean, batch, first_pos)
-        stats.ce["clean"] += float(ce.double().sum())
-        stats.n_ce += ce.numel()
-        stats.n_kl += batch.shape[0] * (batch.shape[1] - first_pos)
-        for name, replace in runs.items():
-            fwd = [(hook, splice_hook(replace, first_pos, sae.d_in))]
-            logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=fwd)
-            log_probs = logits.float().log_softmax(-1)
-            stats.ce[name] += float(_ce_per_token(log_probs, batch, first_pos).double().sum())
-            # KL(clean ‖ run) = Σ_v p_clean (log p_clean - log p_run), per position.
-            kl = (p_clean * (clean - log_probs)).sum(-1)[:, first_pos:]
-            stats.kl[name] += float(kl.double().sum())
-            del logits, log_probs
+        if grad_aware:
+            _, grad = forward(model, hook, batch, with_grads=True)  # the clean gradient
+            runs[GRAD_AWARE] = grad_aware_replacement(sae, grad[:, first_pos:])
+        _score_batch(model, sae.d_in, hook, batch, runs, first_pos, stats)
     return stats.compute()
+
+
+@torch.inference_mode()
+def _score_batch(
+    model, d_in: int, hook: str, batch: Tensor, runs: dict[str, Replace], first_pos: int,
+    stats: DownstreamStats,
+) -> None:
+    """Add one batch of windows: the clean run, then each replacement run."""
+    clean = model(batch, return_type="logits").float().log_softmax(-1)
+    p_clean = clean.exp()
+    ce = _ce_per_token(clean, batch, first_pos)
+    stats.ce["clean"] += float(ce.double().sum())
+    stats.n_ce += ce.numel()
+    stats.n_kl += batch.shape[0] * (batch.shape[1] - first_pos)
+    for name, replace in runs.items():
+        fwd = [(hook, splice_hook(replace, first_pos, d_in))]
+        logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=fwd)
+        log_probs = logits.float().log_softmax(-1)
+        stats.ce[name] += float(_ce_per_token(log_probs, batch, first_pos).double().sum())
+        # KL(clean ‖ run) = Σ_v p_clean (log p_clean - log p_run), per position.
+        kl = (p_clean * (clean - log_probs)).sum(-1)[:, first_pos:]
+        stats.kl[name] += float(kl.double().sum())
+        del logits, log_probs

@@ -109,6 +109,7 @@ SECTIONS = {
                        "relative_reconstruction_bias", "total_variance"),
     "downstream": ("ce_", "delta_ce", "kl_"),
     "features": ("dead_window", "pct_", "log10_density", "max_cos"),
+    "gradient-aware selection (g-SAE)": ("grad_aware/",),
 }
 
 

@@ -81,8 +81,23 @@ def open_context(sae_dir: Path, store_path: Path | None, device: str) -> EvalCon
     sae_cfg = read_sae_cfg(sae_dir)
     store_path = store_path or recorded_store(sae_dir, sae_cfg)
     store = open_store(store_path)
-    sae = saelens_format.load_sae(sae_dir, device)
+    sae = as_trained(saelens_format.load_sae(sae_dir, device), sae_dir)
     return EvalContext(sae, sae_cfg, store, device=device, store_path=str(store_path))
+
+
+def as_trained(sae, sae_dir: Path):
+    """The loaded SAE as the architecture that trained it, where that adds an inference mode:
+    a g-SAE folder loads as SAELens TopK, and its run record says to add gradient-aware mode."""
+    from trainers import saelens_format
+
+    meta = saelens_format.read_meta(sae_dir)
+    run = meta["run"] or {}
+    if run.get("arch") == "gsae":
+        from trainers.gsae import GSAE
+
+        beta_raw = meta["cfg"].get("gsae_beta_raw", (run.get("config") or {}).get("beta", 1.0))
+        return GSAE.from_topk(sae, beta_raw=float(beta_raw))
+    return sae
 
 
 def run_evals(

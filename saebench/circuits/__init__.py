@@ -1,0 +1,1 @@
+"""Circuit identification: rank attention heads, plant a known circuit, score rankings."""

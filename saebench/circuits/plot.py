@@ -1,0 +1,66 @@
+"""A circuit record (saebench.circuits.output) as a plotly graph: one column per hook.
+
+Each node's customdata is (SAE folder, latent or "error", pos), so a browser can link a clicked
+node to its feature page.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def _layout(rec: dict) -> dict[tuple, tuple[float, float]]:
+    """(hook, latent, pos) -> (x, y): hooks left to right, largest |effect| at the top."""
+    by_hook: dict[str, list[dict]] = defaultdict(list)
+    for n in rec["nodes"]:
+        by_hook[n["hook"]].append(n)
+    xy = {}
+    for x, hook in enumerate(rec["hooks"]):
+        nodes = sorted(by_hook[hook], key=lambda n: -abs(n["effect"]))
+        for y, n in enumerate(nodes):
+            xy[(hook, n["latent"], n["pos"])] = (float(x), -float(y))
+    return xy
+
+
+def circuit_figure(rec: dict, max_edges: int = 300):
+    """A plotly Figure of the nodes (size ∝ |effect|, colour = sign) and strongest edges."""
+    import plotly.graph_objects as go
+
+    xy = _layout(rec)
+    folder = dict(zip(rec["hooks"], rec["saes"], strict=True))
+    fig = go.Figure()
+    edges = sorted(rec["edges"], key=lambda e: -abs(e["weight"]))[:max_edges]
+    top = max((abs(e["weight"]) for e in edges), default=1.0) or 1.0
+    # One trace per (sign, width bucket), segments split by None: thousands of one-edge traces
+    # make plotly slow.
+    groups: dict[tuple[bool, int], tuple[list, list]] = defaultdict(lambda: ([], []))
+    for e in edges:
+        a = xy[(e["up"]["hook"], e["up"]["latent"], e["up"]["pos"])]
+        b = xy[(e["down"]["hook"], e["down"]["latent"], e["down"]["pos"])]
+        xs, ys = groups[(e["weight"] > 0, min(3, int(4 * abs(e["weight"]) / top)))]
+        xs += [a[0], b[0], None]
+        ys += [a[1], b[1], None]
+    for (positive, bucket), (xs, ys) in sorted(groups.items()):
+        colour = "rgba(31,119,180,0.5)" if positive else "rgba(214,39,40,0.5)"
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                 line={"width": 0.5 + 1.5 * bucket, "color": colour}))
+    nodes = rec["nodes"]
+    big = max((abs(n["effect"]) for n in nodes), default=1.0) or 1.0
+    keys = [(n["hook"], n["latent"], n["pos"]) for n in nodes]
+    fig.add_trace(go.Scatter(
+        x=[xy[k][0] for k in keys], y=[xy[k][1] for k in keys], mode="markers",
+        marker={"size": [6 + 18 * abs(n["effect"]) / big for n in nodes],
+                "color": ["#1f77b4" if n["effect"] > 0 else "#d62728" for n in nodes],
+                "symbol": ["square" if n["latent"] == "error" else "circle" for n in nodes]},
+        customdata=[[folder[n["hook"]], n["latent"], n["pos"]] for n in nodes],
+        text=[f"{n['hook']} {n['latent']}" + ("" if n["pos"] is None else f" @ {n['pos']}")
+              + f"<br>effect {n['effect']:.3g}" for n in nodes],
+        hoverinfo="text", showlegend=False,
+    ))
+    fig.update_layout(
+        title=f"{rec['task']} circuit on {rec['model']} ({len(nodes)} nodes, "
+              f"{len(rec['edges'])} edges)",
+        xaxis={"tickvals": list(range(len(rec["hooks"]))), "ticktext": rec["hooks"]},
+        yaxis={"visible": False}, plot_bgcolor="white",
+    )
+    return fig

@@ -1,0 +1,113 @@
+"""`saebench circuits`: a sparse feature circuit for a task (Marks et al. 2024)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Args:
+    """Find a feature circuit for a task across SAEs at several hooks of one model; write JSON."""
+
+    saes: tuple[Path, ...]
+    """SAE folders (SAELens format), one per hook, all of one model (cfg.json metadata)."""
+    task: str = "ioi"
+    """Task (see `saebench tasks`): ioi, sva, docstring, induction, greater_than."""
+    method: Literal["attrib", "ig"] = "attrib"
+    """Node effects by attribution patching (1 forward+backward) or integrated gradients
+    (10 steps per hook, Marks et al. 2024 §2)."""
+    n: int = 100
+    """Prompt pairs."""
+    seed: int = 0
+    """Seed of the prompt generator and of the random-circuit control."""
+    node_threshold: float = 0.1
+    """Nodes with |effect| above this form the circuit (effects in metric units)."""
+    edge_threshold: float = 0.01
+    """Edges with |effect| above this are kept (between kept nodes at consecutive hooks)."""
+    thresholds: tuple[float, ...] = ()
+    """Node thresholds of the faithfulness sweep; default: 8 from max |effect| down 10^4."""
+    per_position: bool = False
+    """Nodes per (position, latent) instead of summed over positions (for templatic tasks)."""
+    edges: bool = True
+    """Compute edges (one batched backward per 8 kept downstream nodes and pair chunk)."""
+    edge_pairs: int = 32
+    """Pairs (a seeded subset) on which edges are estimated: they cost one backward pass per
+    8 kept downstream nodes, where nodes cost one for all."""
+    batch_size: int = 32
+    """Pairs per forward pass."""
+    check_task: bool = True
+    """Refuse a task the model does not do (accuracy < 0.6 or mean clean metric ≤ 0)."""
+    out: Path | None = None
+    """Circuit JSON; default: runs/circuits/<task>-<method>.json."""
+    device: str | None = None
+    """Torch device; default: cuda if available, else cpu."""
+
+
+def _check(args: Args) -> None:
+    from store.errors import UserError
+
+    if min(args.n, args.batch_size, args.edge_pairs) < 1:
+        raise UserError("--n, --batch-size and --edge-pairs must be positive")
+    if args.node_threshold < 0 or args.edge_threshold < 0 or min(args.thresholds, default=0) < 0:
+        raise UserError("thresholds must be non-negative")
+
+
+def main(args: Args) -> None:
+    import time
+
+    import torch
+
+    from saebench.circuits import output
+    from saebench.circuits.attribution import edge_effects, node_effects
+    from saebench.circuits.faithfulness import evaluate
+    from saebench.circuits.saes import load_set
+    from saebench.tasks import get_task
+    from saebench.tasks.run import MIN_ACCURACY
+    from store.errors import UserError
+
+    _check(args)
+    task = get_task(args.task)  # an unknown task fails before the model loads
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sset, model = load_set(args.saes, device=device)
+    batch = task.batch(model.tokenizer, args.n, args.seed)
+    start = time.perf_counter()
+    kw = {"batch_size": args.batch_size, "progress": True}
+    attr = node_effects(model, sset, task, batch, method=args.method,
+                        per_position=args.per_position, **kw)
+    clean = attr.clean_metric.mean().item()
+    if args.check_task and (attr.accuracy < MIN_ACCURACY or not clean > 0):
+        raise UserError(f"{sset.model_name} does not do task {args.task} (accuracy "
+                        f"{attr.accuracy:.2f}, mean metric {clean:.3g}); pass --no-check-task "
+                        "to go on anyway")
+    top = max(e.abs().max().item() for e in attr.effects.values())
+    thresholds = list(args.thresholds) or (top * torch.logspace(-0.3, -4, 8)).tolist()
+    if args.edges:
+        edge_effects(model, sset, task, batch, attr, args.node_threshold,
+                     max_pairs=args.edge_pairs, **kw)
+    else:
+        from saebench.circuits.attribution import kept_nodes
+
+        attr.kept = {h: kept_nodes(attr.effects[h], args.node_threshold) for h in sset.hooks}
+    faith = evaluate(model, sset, task, batch, attr, thresholds, args.node_threshold,
+                     seed=args.seed, **kw)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()
+                if k not in ("saes", "out", "device")}
+    settings["seconds"] = time.perf_counter() - start
+    rec = output.record(args.task, sset, attr, faith, {**settings, "thresholds": thresholds})
+    out = args.out or Path("runs") / "circuits" / f"{args.task}-{args.method}.json"
+    output.write(out, rec)
+    _print(rec, out)
+
+
+def _print(rec: dict, out: Path) -> None:
+    print(f"{'threshold':>10} {'nodes':>6} {'faithful':>9} {'random':>8}")
+    for r in rec["faithfulness"]["sweep"]:
+        print(f"{r['threshold']:>10.3g} {r['n_nodes']:>6} {r['faithfulness']:>9.3f} "
+              f"{r['random_faithfulness']:>8.3f}")
+    s = rec["summary"]
+    print(f"circuit at the node threshold: {s['n_nodes']} nodes, {len(rec['edges'])} edges, "
+          f"faithfulness {s['faithfulness']:.3f}, completeness {s['completeness']:.3f}; "
+          f"nodes for 80% faithfulness: {s['nodes_for_80']}; "
+          f"{rec['settings']['seconds']:.1f} s -> {out}")
