@@ -164,6 +164,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (best is reported)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--archs", action="store_true", help="time every architecture")
+    parser.add_argument("--batch", type=int, default=0, help="tokens per step (0: by device)")
+    parser.add_argument("--width", type=int, default=0, help="d_sae for --archs (0: by device)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,6 +174,7 @@ def main() -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
     batch, widths = (8192, (16384, 24576)) if cuda else (2048, (4096, 8192))
+    batch = args.batch or batch
     steps = args.steps or (20 if cuda else 3)
     d_in, k = 576, 32
     name = (torch.cuda.get_device_name() if cuda else
@@ -183,7 +186,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     x = torch.randn(batch, d_in, device=device)
     if args.archs:
-        return arch_table(x, widths[0], k, device, steps, args.reps)
+        return arch_table(x, args.width or widths[0], k, device, steps, args.reps)
     for d_sae in widths:
         for n_dead in (0, d_sae // 10):
             dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
