@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 ARCHS = ("topk", "batchtopk", "mutual_choice", "feature_choice", "gsae", "mp")
 COLUMNS = ("architecture", "mode", "L0", "explained var.", "CE rec. (zero)", "CE rec. (mean)",
-           "ΔCE", "KL", "dead % (window)", "dense % (>1%)", "train tok/s")
+           "ΔCE", "KL", "dead % eval (window)", "dead % training (window)", "dense % (>1%)",
+           "train tok/s")
 
 
 def _saebench(*args: str) -> None:
@@ -39,15 +40,19 @@ def _modes(metrics: dict) -> dict[str, dict]:
     return modes
 
 
-def _row(arch: str, mode: str, m: dict, tok_s: float | None) -> list[str]:
+def _row(arch: str, mode: str, m: dict, last: dict) -> list[str]:
     def f(key: str, fmt: str = "{:.3f}") -> str:
         return fmt.format(m[key]) if isinstance(m.get(key), int | float) else "–"
 
     dead = f"{f('pct_dead', '{:.1f}')} ({f('dead_window_tokens', '{:,.0f}')})"
+    # The loop's own count at the end of training: no fire in the last `dead_window` tokens.
+    train_dead = (f"{100 * last['dead_frac']:.1f} ({last['dead_window']:,.0f})"
+                  if last and not mode else "–")
+    tok_s = f"{last['tokens_per_s']:,.0f}" if last and not mode else "–"
     return [arch, mode or "default", f("l0", "{:.1f}"), f("explained_variance"),
             f("ce_recovered_vs_zero_ablation"), f("ce_recovered_vs_mean_ablation"),
-            f("delta_ce"), f("kl_sae"), dead, f("pct_dense_1pct", "{:.1f}"),
-            "–" if tok_s is None or mode else f"{tok_s:,.0f}"]
+            f("delta_ce"), f("kl_sae"), dead, train_dead, f("pct_dense_1pct", "{:.1f}"),
+            tok_s]
 
 
 def main() -> None:
@@ -73,9 +78,8 @@ def main() -> None:
             _saebench("eval", "--sae", str(folder))
         metrics = json.loads((folder / "evals" / "core.json").read_text())["metrics"]
         curves = pq.read_table(folder / "curves.parquet").to_pylist()
-        tok_s = curves[-1].get("tokens_per_s") if curves else None
         for mode, m in _modes(metrics).items():
-            rows.append(_row(arch, mode, m, tok_s))
+            rows.append(_row(arch, mode, m, curves[-1] if curves else {}))
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     table = "\n".join(lines)
