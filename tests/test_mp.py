@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _sae(d_sae: int = 48, k: int = 6, seed: int = 0, **cfg) -> MPSAE:
     g = torch.Generator().manual_seed(seed)
+    cfg.setdefault("select_bf16", False)  # exact MP; the bf16 picks have their own test
     sae = MPSAE(D_IN, MPConfig(d_sae=d_sae, k=k, **cfg), generator=g)
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(D_IN, generator=g))
@@ -89,6 +90,41 @@ def test_gram_pursuit_equals_the_explicit_loop(n, d_sae):
     for a, b in zip(ours, ref, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(out.codes.to_dense(), codes, atol=1e-5)
+
+
+def unrolled_along(sae: MPSAE, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x̂ of MP forced along given picks, written with autograd: a_t = relu(⟨r_t, d_{i_t}⟩)."""
+    W, r = sae.W_dec, x - sae.b_dec
+    x_hat = torch.zeros_like(x)
+    for t in range(idx.shape[1]):
+        d = W[idx[:, t]]
+        a = (r * d).sum(dim=1).relu()
+        r, x_hat = r - a[:, None] * d, x_hat + a[:, None] * d
+    return x_hat + sae.b_dec
+
+
+def test_bf16_picks_are_weak_mp_with_exact_values_and_gradients():
+    from trainers.precision import fast_bf16
+
+    if not fast_bf16(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16: training picks stay exact")
+    sae, x = _sae(d_sae=64, k=6, select_bf16=True), _x(400)
+    sae.eval()
+    out = sae.loss(x)
+    dense = out.codes.to_dense()
+    exact_codes, _ = naive_mp(sae, x)
+    same = ((dense > 0) == (exact_codes > 0)).all(dim=1).float().mean()
+    assert same > 0.8  # most tokens make exactly MP's picks; the rest differ on near-ties
+    # Whatever the picks, values and gradients are those of MP along them.
+    picks, _, _ = pursue((x - sae.b_dec).detach(), sae.W_dec.detach(), sae.gram(400, True),
+                         sae.cfg, low_precision=True)
+    ref = unrolled_along(sae, x, picks)
+    params = [sae.W_dec, sae.b_dec]
+    ours = torch.autograd.grad(out.total, params)
+    theirs = torch.autograd.grad(_fvu(x, ref), params)
+    assert torch.allclose(out.total, _fvu(x, ref), atol=1e-6)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("dup", [False, True])

@@ -26,7 +26,6 @@ s_g into `gsae_beta_raw` = β·s_g, which multiplies the raw-unit gradient at in
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from store.errors import UserError
+from trainers.precision import fast_bf16
 from trainers.topk import TopKConfig, TopKSAE
 
 
@@ -55,18 +55,6 @@ class GSAEConfig(TopKConfig):
         super().__post_init__()
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise UserError(f"--beta ({self.beta}) must be a finite number >= 0")
-
-
-@functools.cache
-def _native_bf16_cpu() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _fast_bf16(device: torch.device) -> bool:
-    return device.type == "cuda" or (device.type == "cpu" and _native_bf16_cpu())
 
 
 class GSAE(TopKSAE):
@@ -117,7 +105,7 @@ class GSAE(TopKSAE):
         # weighs the choice, so it may run in bf16 (as autocast runs `pre` on a GPU): 4.7x
         # faster on a CPU with native bf16, where it moves only near-ties. The elementwise tail
         # is fused and in place (one [tokens, d_sae] temporary, not three).
-        dtype = torch.bfloat16 if self.cfg.effect_bf16 and _fast_bf16(pre.device) else pre.dtype
+        dtype = torch.bfloat16 if self.cfg.effect_bf16 and fast_bf16(pre.device) else pre.dtype
         effect = torch.mm(grad.to(dtype), self.W_dec.detach().to(dtype).t())
         score = torch.addcmul(pre, pre, effect.to(pre.dtype).abs_(), value=self.beta)
         return score.topk(self.k, dim=-1, sorted=False).indices

@@ -25,12 +25,13 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from store.errors import UserError
+from trainers.precision import fast_bf16
 from trainers.protocol import LossOut
 from trainers.sparse import decode_rows
 from trainers.topk import TopKSAE, _fvu
 
 # Token chunk of the greedy loop: its [chunk, d_sae] correlations stay in L2 across the T steps.
-CHUNK = 64
+CHUNK = 256
 ARGMAX_BLOCK = 64
 # Above this width the Gram matrix (d_sae² floats) is not kept: rows are computed per step.
 GRAM_MAX_D_SAE = 16384
@@ -50,6 +51,10 @@ class MPConfig:
     stop_on_duplicate_support: bool = False
     """Stop a token when a step leaves its support unchanged (SAELens's option; off in the
     paper, where MP may pick an atom again)."""
+    select_bf16: bool = True
+    """In training without early stops, pick atoms from bf16 correlations where bf16 is fast
+    (a weak-MP step: the atom is best up to bf16 rounding); values stay exact. Inference is
+    always exact fp32 MP."""
 
     def __post_init__(self) -> None:
         if self.d_sae < 1 or self.k < 1:
@@ -61,10 +66,13 @@ class MPConfig:
 @torch.no_grad()
 def pursue(
     x_c: Float[Tensor, "tokens d_in"], W: Float[Tensor, "d_sae d_in"], gram: Tensor | None,
-    cfg: MPConfig, *, with_gram: bool = False,
+    cfg: MPConfig, *, with_gram: bool = False, low_precision: bool = False,
 ) -> tuple[Int[Tensor, "tokens k"], Float[Tensor, "tokens k"], Tensor | None]:
     """Greedy MP without grad: indices, values (0 after a token stops) and, if asked, the
-    selected atoms' Gram block [tokens, k, k] (entry [t, s] = ⟨d_{i_t}, d_{i_s}⟩ for s < t)."""
+    selected atoms' Gram block [tokens, k, k] (entry [t, s] = ⟨d_{i_t}, d_{i_s}⟩ for s < t).
+
+    `low_precision` (no early stops): correlations from a bf16 product, so each pick is the
+    best atom up to bf16 rounding (weak MP); values and block are then recomputed exactly."""
     n, T = x_c.shape[0], cfg.k
     idx = torch.zeros(n, T, dtype=torch.long, device=x_c.device)
     vals = x_c.new_zeros(n, T)
@@ -80,8 +88,26 @@ def pursue(
         sl = slice(lo, lo + chunk)
         part = None if block is None else block[sl]
         m = idx[sl].shape[0]
-        _pursue_chunk(x_c[sl], W, gram, cfg, idx[sl], vals[sl], part, padded[:m], rows[:m])
+        # In low precision the block is recomputed exactly afterwards, not gathered from G.
+        _pursue_chunk(x_c[sl], W, gram, cfg, idx[sl], vals[sl], None if low_precision else part,
+                      padded[:m], rows[:m], low_precision)
+        if low_precision:
+            _exact_values(x_c[sl], W, idx[sl], vals[sl], part)
     return idx, vals, block
+
+
+def _exact_values(x_c: Tensor, W: Tensor, idx: Tensor, vals: Tensor,
+                  block: Tensor | None) -> None:
+    """MP's values for given picks, in fp32: a_t = relu(⟨x_c, d_{i_t}⟩ − Σ_{s<t} a_s⟨d_{i_s},
+    d_{i_t}⟩), i.e. ⟨r_t, d_{i_t}⟩ with r_t the exact residual, and the exact Gram block."""
+    n, T = idx.shape
+    atoms = W.index_select(0, idx.reshape(-1)).view(n, T, -1)
+    c0 = torch.bmm(atoms, x_c[:, :, None]).squeeze(2)
+    gram = torch.bmm(atoms, atoms.transpose(1, 2))
+    for t in range(T):
+        vals[:, t] = (c0[:, t] - torch.linalg.vecdot(gram[:, t, :t], vals[:, :t])).clamp_min(0)
+    if block is not None:
+        block.copy_(gram.tril(-1))
 
 
 def _argmax(c: Tensor, block: int) -> Tensor:
@@ -96,10 +122,14 @@ def _argmax(c: Tensor, block: int) -> Tensor:
 
 
 def _pursue_chunk(r: Tensor, W: Tensor, gram: Tensor | None, cfg: MPConfig, idx: Tensor,
-                  vals: Tensor, block: Tensor | None, padded: Tensor, rows: Tensor) -> None:
+                  vals: Tensor, block: Tensor | None, padded: Tensor, rows: Tensor,
+                  low_precision: bool = False) -> None:
     n, d_sae = r.shape[0], W.shape[0]
     c = padded[:, :d_sae]
-    c.copy_(r @ W.T)
+    if low_precision:
+        c.copy_(torch.mm(r.bfloat16(), W.bfloat16().T))
+    else:
+        c.copy_(r @ W.T)
     r = r.clone()
     live = torch.ones(n, dtype=torch.bool, device=r.device)
     stops = cfg.stop_on_duplicate_support or cfg.residual_threshold > 0
@@ -207,16 +237,18 @@ class MPSAE(nn.Module):
         self.W_dec.register_hook(self._remove_parallel_grad)
         self._gram: tuple[Any, Tensor] | None = None
 
-    def gram(self, n_tokens: int) -> Tensor | None:
-        """W_dec·W_decᵀ in fp32, cached while W_dec is unchanged; None where rows are cheaper."""
+    def gram(self, n_tokens: int, low_precision: bool = False) -> Tensor | None:
+        """W_dec·W_decᵀ in fp32 (from a bf16 product if `low_precision`), cached while W_dec is
+        unchanged; None where rows are cheaper."""
         W = self.W_dec.detach().float()
-        key = (W.data_ptr(), self.W_dec._version, W.device)
+        key = (W.data_ptr(), self.W_dec._version, W.device, low_precision)
         if self._gram is not None and self._gram[0] == key:
             return self._gram[1]
         # One d_sae²·d_in product vs d_sae·d_in per token-step for rows computed on the fly.
         if self.d_sae > GRAM_MAX_D_SAE or self.d_sae > n_tokens * self.k:
             return None
-        self._gram = (key, _gram(W))
+        G = torch.mm(W.bfloat16(), W.bfloat16().T).float() if low_precision else _gram(W)
+        self._gram = (key, G)
         return self._gram[1]
 
     def encode_sparse(
@@ -247,13 +279,16 @@ class MPSAE(nn.Module):
     def loss(self, x: Float[Tensor, "tokens d_in"], ctx: Any = None) -> LossOut:
         """Normalised MSE only: the paper trains MP-SAE on reconstruction alone, no aux loss;
         `ctx` (dead latents) is unused."""
-        # fp32 throughout, even under autocast: a bf16 Gram would change which atoms win.
+        # fp32 values and gradients, even under autocast; only the picks may use bf16.
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             x_c = x - self.b_dec
             W = self.W_dec.float()
-            idx, vals, block = pursue(x_c.detach(), W.detach(), self.gram(x.shape[0]),
-                                      self.cfg, with_gram=True)
+            cfg = self.cfg
+            low = (cfg.select_bf16 and fast_bf16(x.device) and cfg.residual_threshold == 0
+                   and not cfg.stop_on_duplicate_support)
+            idx, vals, block = pursue(x_c.detach(), W.detach(), self.gram(x.shape[0], low),
+                                      cfg, with_gram=True, low_precision=low)
             x_hat = _Unrolled.apply(x_c, W, idx, vals, block) + self.b_dec
             fvu = _fvu(x, x_hat)
         n, T = idx.shape
