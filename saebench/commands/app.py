@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,9 +45,14 @@ def main(args: Args) -> None:
         raise UserError(f"{args.workspace} holds no SAEs (no saes/*/cfg.json); "
                         "train one with `saebench train` first")
     print(f"saebench app: http://{args.address}:{args.port}", flush=True)
+    proc = subprocess.Popen(command(args))
+    # Ctrl-C reaches streamlit through the terminal's process group; a SIGTERM sent to this
+    # process alone (a test harness, a supervisor) must be passed on, or streamlit outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
-        code = subprocess.call(command(args))
+        code = proc.wait()
     except KeyboardInterrupt:
+        proc.wait()
         return
-    if code not in (0, -2, 130):
+    if code not in (0, -2, -15, 130):
         raise UserError(f"streamlit exited with status {code}")
