@@ -191,3 +191,28 @@ class Catalog:
             return None
         return self.frame("SELECT latent, density, fires, tokens_seen, max_act, dead, dense "
                           "FROM features WHERE sae = ? ORDER BY latent", [sae])
+
+    # --- circuits -------------------------------------------------------------------------
+    def circuits(self) -> list[str]:
+        """Names of the circuits that `saebench circuits` wrote into this workspace."""
+        if not self.has("circuit_sweeps"):
+            return []
+        return [r["circuit"] for r in self.rows(
+            "SELECT DISTINCT circuit FROM circuit_sweeps ORDER BY circuit")]
+
+    def circuit_sweep(self, circuit: str) -> list[dict]:
+        """The faithfulness sweep of one circuit (each row also carries its summary)."""
+        return self.rows("SELECT * FROM circuit_sweeps WHERE circuit = ? ORDER BY n_nodes",
+                         [circuit])
+
+    def circuit_nodes(self, circuit: str) -> list[dict]:
+        if not self.has("circuit_nodes"):
+            return []
+        return self.rows(
+            "SELECT hook, sae, latent, is_error, pos, effect, label, top_tokens "
+            "FROM circuit_nodes WHERE circuit = ? ORDER BY abs(effect) DESC", [circuit])
+
+    def circuit_edges(self, circuit: str) -> list[dict]:
+        if not self.has("circuit_edges"):
+            return []
+        return self.rows("SELECT * FROM circuit_edges WHERE circuit = ?", [circuit])

@@ -20,6 +20,7 @@ PAGES = [
     ("views/search.py", "Search", "search"),
     ("views/test_text.py", "Test your text", "test_text"),
     ("views/dead_dense.py", "Dead and dense", "dead_dense"),
+    ("views/circuits.py", "Circuits", "circuits"),
 ]
 
 

@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 
 CATALOG_FILE = "catalog.duckdb"
 
-# view name -> glob relative to the workspace. Each file carries an `sae` column.
+# view name -> glob relative to the workspace. Each file carries an `sae` column, except the
+# circuit files, which span several SAEs and carry a `circuit` column (the file's name).
 VIEWS: dict[str, str] = {
     "training_curves": "saes/*/curves.parquet",
     "eval_metrics": "saes/*/evals/*.parquet",
@@ -37,6 +38,10 @@ VIEWS: dict[str, str] = {
     "logit_effects": "saes/*/index/logits.parquet",
     "neighbours": "saes/*/index/neighbours.parquet",
     "vocab": "saes/*/index/vocab.parquet",
+    # Written by `saebench circuits` (saebench/circuits/output.py write_catalog).
+    "circuit_sweeps": "circuits/*.sweep.parquet",
+    "circuit_nodes": "circuits/*.nodes.parquet",
+    "circuit_edges": "circuits/*.edges.parquet",
     # Written by the browser only: one small file, rewritten atomically on each save.
     "labels": "labels.parquet",
 }

@@ -1,4 +1,4 @@
-"""Head identification: scoring by hand, the planted induction circuit, discrete SAEs, the CLI."""
+"""Head identification: scoring by hand, two planted circuits, discrete SAEs, the CLI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from saebench.circuits import planted_dup
 from saebench.circuits.heads import rank_heads
 from saebench.circuits.planted import (
     PlantedConfig,
@@ -91,15 +92,60 @@ def test_discrete_sae_ranking_is_deterministic_and_scored(planted):
 
 
 @pytest.mark.xfail(
-    reason="the previous-token head behaves identically on clean and corrupt prompts, so "
-    "codes unique to positives cannot single it out; mean AUC measured about 0.8",
+    reason="the previous-token head behaves alike on clean and corrupt prompts, so codes unique "
+    "to positives cannot single it out, while random distractors reach 0.8 by chance; mean AUC "
+    "measured 0.71 over prompt seeds 0-2 (0.86 over 0-9); the gated plant below reaches 1.0",
     strict=False,
 )
 def test_discrete_sae_auc_on_planted_circuit(planted):
     cfg, _ = planted
     truth = {f"{layer}.{head}" for layer, head in enumerate(cfg.writers)}
     aucs = [roc_auc(_sae_scores(planted, seed), truth) for seed in range(3)]
+    print(f"discrete-SAE heads on the induction plant: AUC per seed {aucs}")
     assert sum(aucs) / len(aucs) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def dup_plant():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = planted_dup.DupConfig()
+    model = planted_dup.train_dup(cfg)
+    torch.set_num_threads(n)
+    return cfg, model
+
+
+def test_patching_finds_the_gated_circuit(dup_plant):
+    cfg, model = dup_plant
+    batch = planted_dup.dup_batch(cfg, 64, seed=1)
+    # The task is learned: YES on every clean prompt's repeats, NO on every corrupt prompt.
+    assert (planted_dup.dup_metric(model(batch.clean), batch) > 0).all()
+    assert (planted_dup.dup_metric(model(batch.corrupt), batch) < 0).all()
+    effects = planted_dup.patching_effects(model, batch)
+    writers = {(layer, head) for layer, head in enumerate(cfg.writers)}
+    assert planted_dup.circuit_heads(effects) == writers
+    assert all(effects[h] > 0.9 for h in writers)
+    assert all(abs(effects[h]) < 1e-6 for h in effects if h not in writers)
+    # By construction: the duplicate-token head attends from a repeat to its first occurrence,
+    # the previous-token head from p to p-1; no other head does either.
+    roles = planted_dup.attention_roles(model, batch)
+    dup_head, prev_head = (0, cfg.writers[0]), (1, cfg.writers[1])
+    assert roles[dup_head][0] > 0.99 and roles[prev_head][1] > 0.99
+    assert all(max(roles[h]) < 0.3 for h in roles if h not in writers)
+
+
+def test_discrete_sae_auc_on_gated_circuit(dup_plant):
+    cfg, model = dup_plant
+    truth = {f"{layer}.{head}" for layer, head in enumerate(cfg.writers)}
+    aucs, f1s = [], []
+    for seed in range(3):  # 10 prompts of each kind, as in O'Neill & Bui 2024 (5-10)
+        batch = planted_dup.dup_batch(cfg, 10, seed=100 + seed)
+        scores = rank_heads(model, batch.clean, batch.corrupt)
+        aucs.append(roc_auc(scores, truth))
+        f1s.append(best_f1(scores, truth)[0])
+    print(f"discrete-SAE heads on the gated plant: AUC {aucs}, best F1 {f1s}")
+    assert sum(aucs) / len(aucs) >= 0.9
+    assert sum(f1s) / len(f1s) >= 0.9
 
 
 class _FakeTask:

@@ -62,7 +62,7 @@ def _reduce(c: Tensor, e: Tensor, b: int, s: int) -> Float[Tensor, "pos node"]:
     return torch.cat([c, e[:, None]], 1).view(b, s, -1).sum(0)
 
 
-def _grads(m: Tensor, rec: dict, hooks: Sequence[str], retain: bool = False) -> dict:
+def leaf_grads(m: Tensor, rec: dict, hooks: Sequence[str], retain: bool = False) -> dict:
     leaves = [rec[h][k] for h in hooks for k in ("c", "e")]
     grads = torch.autograd.grad(m, leaves, retain_graph=retain)
     return {h: {"c": grads[2 * i], "e": grads[2 * i + 1]} for i, h in enumerate(hooks)}
@@ -77,7 +77,7 @@ def _ig_grads(model, sset, task, sub, clean, corrupt, n_total, steps) -> dict:
             rec: dict = {}
             fn = interp_hook(sae, clean[hook], corrupt[hook], (i + 0.5) / steps, rec)
             m = metric(model, task, sub, sub.clean, [(hook, fn)]).sum() / n_total
-            g = _grads(m, rec, [hook])[hook]
+            g = leaf_grads(m, rec, [hook])[hook]
             acc = {k: acc[k] + g[k] / steps for k in acc}
         out[hook] = acc
     return out
@@ -127,7 +127,7 @@ def node_effects(
         with torch.set_grad_enabled(method == "attrib"):  # IG takes its own gradients
             logits, at0 = last_logits(model, sub, sub.clean, hooks)
             per_pair = task.metric(logits, at0)
-            grads = _grads(per_pair.sum() / n, clean, sset.hooks) if method == "attrib" else {}
+            grads = leaf_grads(per_pair.sum() / n, clean, sset.hooks) if method == "attrib" else {}
         corrupt: dict = {}
         with torch.no_grad():
             rec_hooks = [(h, record_hook(sae, corrupt)) for h, sae in sset.items()]
@@ -226,7 +226,7 @@ def edge_effects(
             hooks = [(h, leaf_hook(sae, clean, attached=True))
                      for h, sae in sset.items()]
             m = metric(model, task, sub, sub.clean, hooks).sum() / len(batch)
-            grads = _grads(m, clean, sset.hooks, retain=True)
+            grads = leaf_grads(m, clean, sset.hooks, retain=True)
             for up, down in pairs:
                 k_up, k_down = attr.kept[up].to(m.device), attr.kept[down].to(m.device)
                 if not len(k_up) or not len(k_down):

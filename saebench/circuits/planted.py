@@ -15,6 +15,7 @@ metric form the circuit. Attention patterns then confirm the roles by constructi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -145,6 +146,10 @@ class PlantedBatch:
     """Length L of the repeated segment; the second copy starts at position 1 + L."""
 
 
+Metric = Callable[[Tensor, PlantedBatch], Tensor]
+"""A per-pair metric `(logits [pairs, pos, vocab], batch) -> [pairs]`; higher = behaviour."""
+
+
 def planted_batch(cfg: PlantedConfig, n: int, seed: int, length: int = 5) -> PlantedBatch:
     """`n` clean prompts and corrupt twins whose first copy is replaced by unrelated tokens."""
     g = torch.Generator().manual_seed(seed)
@@ -165,12 +170,18 @@ def induction_metric(
 
 
 @torch.no_grad()
-def patching_effects(model: HookedTransformer, batch: PlantedBatch) -> dict[Head, float]:
+def patching_effects(
+    model: HookedTransformer, batch: PlantedBatch, metric: Metric | None = None
+) -> dict[Head, float]:
     """Per head, the share of the clean-minus-corrupt metric lost when its `hook_z` is patched
-    in from the corrupt run (1 = the head carries the whole effect, 0 = none of it)."""
-    clean = induction_metric(model(batch.clean), batch).mean()
+    in from the corrupt run (1 = the head carries the whole effect, 0 = none of it).
+
+    `metric` defaults to `induction_metric`; other plants pass their own.
+    """
+    metric = metric or induction_metric
+    clean = metric(model(batch.clean), batch).mean()
     _, cache = model.run_with_cache(batch.corrupt, names_filter=lambda n: n.endswith("hook_z"))
-    corrupt = induction_metric(model(batch.corrupt), batch).mean()
+    corrupt = metric(model(batch.corrupt), batch).mean()
     effects = {}
     for layer in range(model.cfg.n_layers):
         name = f"blocks.{layer}.attn.hook_z"
@@ -180,7 +191,7 @@ def patching_effects(model: HookedTransformer, batch: PlantedBatch) -> dict[Head
                 return z
 
             logits = model.run_with_hooks(batch.clean, fwd_hooks=[(name, patch)])
-            patched = induction_metric(logits, batch).mean()
+            patched = metric(logits, batch).mean()
             effects[(layer, head)] = float((clean - patched) / (clean - corrupt))
     return effects
 

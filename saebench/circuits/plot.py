@@ -6,6 +6,7 @@ node to its feature page.
 
 from __future__ import annotations
 
+import html
 from collections import defaultdict
 
 
@@ -20,6 +21,18 @@ def _layout(rec: dict) -> dict[tuple, tuple[float, float]]:
         for y, n in enumerate(nodes):
             xy[(hook, n["latent"], n["pos"])] = (float(x), -float(y))
     return xy
+
+
+def _hover(n: dict) -> str:
+    """Hook, latent, position, effect, and the label and top tokens where the record has them."""
+    out = f"{n['hook']} {n['latent']}" + ("" if n["pos"] is None else f" @ {n['pos']}")
+    out += f"<br>effect {n['effect']:.3g}"
+    if n.get("label"):
+        out += f"<br>{html.escape(n['label'], quote=False)}"
+    if n.get("top_tokens"):
+        tokens = " ".join(repr(t) for t in n["top_tokens"])
+        out += "<br>promotes " + html.escape(tokens, quote=False)
+    return out
 
 
 def circuit_figure(rec: dict, max_edges: int = 300):
@@ -53,8 +66,7 @@ def circuit_figure(rec: dict, max_edges: int = 300):
                 "color": ["#1f77b4" if n["effect"] > 0 else "#d62728" for n in nodes],
                 "symbol": ["square" if n["latent"] == "error" else "circle" for n in nodes]},
         customdata=[[folder[n["hook"]], n["latent"], n["pos"]] for n in nodes],
-        text=[f"{n['hook']} {n['latent']}" + ("" if n["pos"] is None else f" @ {n['pos']}")
-              + f"<br>effect {n['effect']:.3g}" for n in nodes],
+        text=[_hover(n) for n in nodes],
         hoverinfo="text", showlegend=False,
     ))
     fig.update_layout(
@@ -64,3 +76,39 @@ def circuit_figure(rec: dict, max_edges: int = 300):
         yaxis={"visible": False}, plot_bgcolor="white",
     )
     return fig
+
+
+def faithfulness_figure(sweep: list[dict], nodes_for_80: float | None = None):
+    """Faithfulness against circuit size over the node-threshold sweep, with the random
+    circuit of the same size per hook as the control (Marks et al. 2024 §3, Fig. 3)."""
+    import plotly.graph_objects as go
+
+    rows = sorted(sweep, key=lambda r: r["n_nodes"])
+    x = [max(r["n_nodes"], 1) for r in rows]  # log axis: an empty circuit plots at 1
+    fig = go.Figure()
+    for col, name, dash in (("faithfulness", "circuit", None),
+                            ("random_faithfulness", "random circuit", "dot")):
+        fig.add_trace(go.Scatter(x=x, y=[r[col] for r in rows], mode="lines+markers",
+                                 name=name, line={"dash": dash}))
+    fig.add_hline(y=0.8, line={"dash": "dash", "color": "grey"})
+    if nodes_for_80 is not None:
+        fig.add_vline(x=nodes_for_80, line={"dash": "dash", "color": "grey"})
+    fig.update_layout(title="Faithfulness vs circuit size", xaxis={"type": "log"},
+                      xaxis_title="nodes", yaxis_title="faithfulness", height=320,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def clicked_node(points: list[dict]) -> tuple[str, int] | None:
+    """(SAE folder name, latent) of the first latent node among a plotly selection's points,
+    decoded from circuit_figure's customdata; None for error nodes, edges or nothing."""
+    from pathlib import Path
+
+    for p in points:
+        data = p.get("customdata")
+        if isinstance(data, list | tuple) and len(data) >= 2 and data[1] != "error":
+            try:
+                return Path(str(data[0])).name, int(data[1])
+            except (TypeError, ValueError):
+                continue
+    return None

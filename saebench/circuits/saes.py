@@ -74,10 +74,11 @@ def hook_shapes(model, hooks: Sequence[str]) -> dict[str, int]:
     order: dict[str, int] = {}
 
     def record(act, hook):
-        if act.dim() != 3:
+        if act.dim() not in (3, 4):
             raise UserError(f"hook {hook.name} has activations of shape {tuple(act.shape)}; "
-                            "circuits need [batch, pos, d] hooks (e.g. hook_resid_post)")
-        order.setdefault(hook.name, act.shape[-1])
+                            "circuits need [batch, pos, d] hooks (e.g. hook_resid_post) or "
+                            "[batch, pos, heads, d_head] ones (attn.hook_z)")
+        order.setdefault(hook.name, act[0, 0].numel())
 
     tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
     model.run_with_hooks(tokens, fwd_hooks=[(h, record) for h in hooks])

@@ -17,6 +17,15 @@ from torch import Tensor
 from saebench.tasks import TaskBatch
 
 
+def tokens_of(x: Tensor) -> Float[Tensor, "tokens d_in"]:
+    """[batch, pos, d] or [batch, pos, heads, d_head] (`attn.hook_z`) as one row per token.
+
+    Per-head hooks are flattened head-major, as SAELens does for `hook_z` SAEs, so latent
+    decoder rows split into per-head slices (saebench.circuits.collapse relies on this).
+    """
+    return x.reshape(x.shape[0] * x.shape[1], -1)
+
+
 def encode_split(sae, x: Float[Tensor, "tokens d_in"]) -> tuple[Tensor, Tensor]:
     """(codes, err) with err = x − x̂: the hook's nodes (Marks et al. 2024, §2)."""
     codes = sae.encode(x)
@@ -30,7 +39,9 @@ def last_logits(
     resid = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=model.cfg.n_layers)
     # Only the metric position is read: unembedding every position (vocab 49k) costs ~20%.
     picked = resid[torch.arange(len(batch), device=resid.device), batch.pos]
-    logits = model.unembed(model.ln_final(picked[:, None]))
+    # Models without normalisation (normalization_type=None) have no ln_final.
+    final = getattr(model, "ln_final", None) or (lambda x: x)
+    logits = model.unembed(final(picked[:, None]))
     return logits, replace(batch, pos=torch.zeros_like(batch.pos))
 
 
@@ -49,7 +60,7 @@ def leaf_hook(sae, rec: dict, *, attached: bool) -> Callable:
     """
 
     def fn(x: Tensor, hook) -> Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = tokens_of(x)
         with torch.set_grad_enabled(attached and flat.requires_grad):
             c_att, e_att = encode_split(sae, flat)
         c = c_att.detach().requires_grad_()
@@ -66,7 +77,7 @@ def record_hook(sae, rec: dict) -> Callable:
     """A hook that stores the codes and error (no grad) and leaves x unchanged."""
 
     def fn(x: Tensor, hook) -> Tensor:
-        c, e = encode_split(sae, x.reshape(-1, x.shape[-1]))
+        c, e = encode_split(sae, tokens_of(x))
         rec[hook.name] = {"c": c.detach(), "e": e.detach()}
         return x
 
@@ -96,12 +107,14 @@ def ablate_hook(sae, keep: Tensor | None, mean: dict) -> Callable:
     def fn(x: Tensor, hook) -> Tensor:
         if keep is None:
             return x
-        b, s, d = x.shape
-        c, e = encode_split(sae, x.reshape(-1, d))
+        (b, s), flat = x.shape[:2], tokens_of(x)
+        d = flat.shape[1]
+        c, e = encode_split(sae, flat)
         k = keep[:s].to(x.device)
         drop_c = (~k[:, :-1]).float()  # [s, d_sae]
         dc = (mean["c"][:s] - c.view(b, s, -1)) * drop_c
         de = (mean["e"][:s] - e.view(b, s, d)) * (~k[:, -1:]).float()
-        return x + (dc.reshape(b * s, -1) @ sae.W_dec).view(b, s, d) + de
+        return (flat.view(b, s, d) + (dc.reshape(b * s, -1) @ sae.W_dec).view(b, s, d)
+                + de).reshape(x.shape)
 
     return fn

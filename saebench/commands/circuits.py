@@ -40,7 +40,8 @@ class Args:
     check_task: bool = True
     """Refuse a task the model does not do (accuracy < 0.6 or mean clean metric ≤ 0)."""
     out: Path | None = None
-    """Circuit JSON; default: runs/circuits/<task>-<method>.json."""
+    """Circuit JSON; default: <workspace of the first SAE>/circuits/<task>-<method>.json. The
+    catalog rows always go to that workspace's circuits/, named after this file's stem."""
     device: str | None = None
     """Torch device; default: cuda if available, else cpu."""
 
@@ -65,6 +66,7 @@ def main(args: Args) -> None:
     from saebench.circuits.saes import load_set
     from saebench.tasks import get_task
     from saebench.tasks.run import MIN_ACCURACY
+    from store.catalog import refresh, workspace_of
     from store.errors import UserError
 
     _check(args)
@@ -96,9 +98,15 @@ def main(args: Args) -> None:
                 if k not in ("saes", "out", "device")}
     settings["seconds"] = time.perf_counter() - start
     rec = output.record(args.task, sset, attr, faith, {**settings, "thresholds": thresholds})
-    out = args.out or Path("runs") / "circuits" / f"{args.task}-{args.method}.json"
+    ws = workspace_of(args.saes[0])
+    out = args.out or ws / output.CIRCUITS_DIR / f"{args.task}-{args.method}.json"
     output.write(out, rec)
+    # The rows go beside the SAEs even when --out is elsewhere: the browser reads a workspace.
+    output.write_catalog(rec, ws, Path(out).stem)
+    refresh(ws)
     _print(rec, out)
+    print(f"catalog rows -> {ws / output.CIRCUITS_DIR}/{Path(out).stem}.*.parquet "
+          "(views circuit_sweeps, circuit_nodes, circuit_edges)")
 
 
 def _print(rec: dict, out: Path) -> None:

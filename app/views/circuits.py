@@ -1,0 +1,86 @@
+"""Circuits: a feature circuit written by `saebench circuits` (Marks et al. 2024), its
+faithfulness sweep and its graph; every latent node opens its feature page."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, common
+from app.data import Catalog, sae_names
+from saebench.circuits.output import from_catalog
+from saebench.circuits.plot import circuit_figure, clicked_node, faithfulness_figure
+
+GRAPH, JUMP = "circuit_graph", "_circuit_jump"
+MAX_LISTED = 50  # node buttons; the graph's hover shows the rest
+
+
+def _open(sae: str, latent: int) -> None:
+    """Callback: it runs before the sidebar's SAE selectbox exists, so it may set that key."""
+    st.session_state["sae"] = sae
+    common.go_to(latent)
+    st.session_state[JUMP] = True
+
+
+def _on_select() -> None:
+    """A click on the graph: open the clicked latent if its SAE is in this workspace."""
+    state = st.session_state.get(GRAPH) or {}
+    hit = clicked_node((state.get("selection") or {}).get("points", []))
+    if hit and hit[0] in sae_names(common.workspace()):
+        _open(*hit)
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+if st.session_state.pop(JUMP, False):
+    st.switch_page(common.FEATURE_PAGE)
+
+ws = common.workspace()
+st.title("Feature circuits")
+with Catalog(ws) as db:
+    names = db.circuits()
+    if not names:
+        st.info("No circuits in this workspace yet: run `saebench circuits --saes DIR... "
+                "--task ioi` with SAEs of this workspace.")
+        st.stop()
+    name = st.selectbox("Circuit", names, key="circuit")
+    sweep, node_rows = db.circuit_sweep(name), db.circuit_nodes(name)
+    rec = from_catalog(sweep, node_rows, db.circuit_edges(name))
+    current = {sae: db.labels(sae, [n["latent"] for n in node_rows if n["sae"] == sae])
+               for sae in {n["sae"] for n in node_rows}}
+
+head, local = sweep[0], set(sae_names(ws))
+st.caption(f"Task `{head['task']}` on `{head['model']}`, {head['method']}; SAEs "
+           + ", ".join(f"`{s}` at `{h}`" for s, h in zip(head["saes"], head["hooks"],
+                                                          strict=True)))
+cols = st.columns(4)
+cols[0].metric("Nodes for 80% faithfulness", _fmt(head["nodes_for_80"], ".0f"))
+cols[1].metric("Faithfulness", _fmt(head["circuit_faithfulness"]))
+cols[2].metric("Completeness", _fmt(head["completeness"]))
+cols[3].metric("Nodes / edges", f"{head['circuit_n_nodes']} / {head['n_edges']}")
+st.caption(f"At node threshold {_fmt(head['node_threshold'], '.3g')}. Faithfulness: the "
+           "metric with only the circuit's nodes left unablated (1 = the whole model); "
+           "completeness: with only them ablated (near 0 = nothing important is missing).")
+st.plotly_chart(faithfulness_figure(sweep, head["nodes_for_80"]), key="circuit_faith")
+
+st.subheader("Graph")
+st.caption("Click a latent (circle) to open its feature page; squares are error nodes.")
+st.plotly_chart(circuit_figure(rec), on_select=_on_select, selection_mode="points", key=GRAPH)
+
+st.subheader("Nodes")
+for i, n in enumerate(node_rows[:MAX_LISTED]):
+    where = n["hook"] + ("" if n["pos"] is None else f" @ {n['pos']}")
+    if n["is_error"]:
+        st.write(f"{where} · error node · effect {n['effect']:+.3g} (no feature page)")
+        continue
+    label = current[n["sae"]].get(n["latent"]) or n["label"] or ""
+    tokens = " ".join(repr(charts._show(t)) for t in n["top_tokens"] or [])
+    text = (f"{n['sae']} #{n['latent']} · {where} · effect {n['effect']:+.3g}"
+            + (f" · {label}" if label else "") + (f" · promotes {tokens}" if tokens else ""))
+    if n["sae"] in local:
+        st.button(text, key=f"cn_{i}", on_click=_open, args=(n["sae"], n["latent"]))
+    else:
+        st.write(f"{text} (SAE not in this workspace)")
+if len(node_rows) > MAX_LISTED:
+    st.caption(f"{len(node_rows) - MAX_LISTED} smaller nodes not listed (see the graph).")

@@ -1,0 +1,141 @@
+"""Feature circuits on the default model with SAEs at 4 residual depths: the issue-#6 figures.
+
+    .venv/bin/python benchmarks/circuits_bench.py --workspace runs/c4 --archs topk mp
+
+One command, every step through the real CLI and each a no-op once done: cache the residual
+streams at 4 depths in one model pass (`saebench cache --hook resid:4`), train one SAE per
+depth and architecture (all architectures of a depth in one pass over its store), find the
+IOI and SVA circuits of each architecture's SAE set (`saebench circuits`), then draw one PNG
+per task (faithfulness against circuit size for every set, with the random-circuit controls)
+and print a markdown table for BENCHMARKS.md. The headline score, nodes needed for 80%
+faithfulness, compares the architectures at the same hooks. `--force` recomputes the
+circuits (e.g. to re-time them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+COLUMNS = ("task", "SAEs", "pairs", "accuracy", "clean m", "corrupt m", "nodes", "edges",
+           "faithfulness", "completeness", "nodes for 80%", "random at 80% size", "seconds")
+
+
+def _saebench(*args: str) -> None:
+    cmd = [str(Path(sys.executable).with_name("saebench")), *args]
+    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _hooks(store: Path) -> list[tuple[str, Path]]:
+    """(hook, store file) of the per-hook stores `saebench cache --hook resid:4` wrote."""
+    stem = store.name.removesuffix(".duckdb")
+    found = sorted(store.parent.glob(f"{stem}.blocks.*.duckdb"),
+                   key=lambda p: int(p.name.split(".")[2]))
+    return [(p.name[len(stem) + 1 : -len(".duckdb")], p) for p in found]
+
+
+def _random_at(rec: dict) -> str:
+    """The random control's faithfulness at the sweep point nearest the 80% circuit size."""
+    n80, sweep = rec["summary"]["nodes_for_80"], rec["faithfulness"]["sweep"]
+    if n80 is None or not sweep:
+        return "–"
+    row = min(sweep, key=lambda r: abs(r["n_nodes"] - n80))
+    return f"{row['random_faithfulness']:.3f} ({row['n_nodes']} nodes)"
+
+
+def _row(rec: dict) -> list[str]:
+    s = rec["summary"]
+    n80 = "not reached" if s["nodes_for_80"] is None else f"{s['nodes_for_80']:.0f}"
+    arch = Path(rec["saes"][0]).name.split("-", 1)[1]
+    return [rec["task"], arch, str(rec["settings"]["n"]), f"{rec['accuracy']:.2f}",
+            f"{rec['clean_metric']:.2f}", f"{rec['corrupt_metric']:.2f}", str(s["n_nodes"]),
+            str(len(rec["edges"])), f"{s['faithfulness']:.3f}", f"{s['completeness']:.3f}",
+            n80, _random_at(rec), f"{rec['settings']['seconds']:.0f}"]
+
+
+def plot(recs: dict[str, dict], path: Path) -> None:
+    """Faithfulness against nodes (log scale) per SAE set, each with its random control and
+    the completeness of its chosen circuit (m with the circuit ablated, normalised)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, (arch, rec) in enumerate(recs.items()):
+        colour = f"C{i}"
+        sweep = sorted(rec["faithfulness"]["sweep"], key=lambda r: r["n_nodes"])
+        n = [max(r["n_nodes"], 1) for r in sweep]
+        ax.plot(n, [r["faithfulness"] for r in sweep], "o-", color=colour, label=arch)
+        ax.plot(n, [r["random_faithfulness"] for r in sweep], ":", color=colour, alpha=0.7,
+                label=f"{arch}: random circuit, same size per hook")
+        s = rec["summary"]
+        ax.scatter([max(s["n_nodes"], 1)], [s["completeness"]], marker="x", color=colour,
+                   zorder=3, label=f"{arch}: completeness {s['completeness']:.2f}")
+    ax.axhline(0.8, color="black", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("nodes in the circuit (latents + error nodes over 4 hooks)")
+    ax.set_ylabel("faithfulness")
+    first = next(iter(recs.values()))
+    ax.set_title(f"{first['task']} on {first['model']}: SAEs at "
+                 + ", ".join(h.split(".")[1] for h in first["hooks"]))
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("runs/c4"))
+    parser.add_argument("--cache-tokens", type=int, default=400_000)
+    parser.add_argument("--heldout-tokens", type=int, default=16_384)
+    parser.add_argument("--train-tokens", type=int, default=1_000_000)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--width", type=int, default=4608)
+    parser.add_argument("--archs", nargs="+", default=["topk"])
+    parser.add_argument("--tasks", nargs="+", default=["ioi", "sva"])
+    parser.add_argument("--n", type=int, default=100, help="prompt pairs per task")
+    parser.add_argument("--method", default="attrib", choices=["attrib", "ig"])
+    parser.add_argument("--figures", type=Path, default=Path("benchmarks/figures"))
+    parser.add_argument("--force", action="store_true", help="recompute the circuits")
+    args = parser.parse_args()
+    ws = args.workspace
+    store = ws / "store.duckdb"
+    _saebench("cache", "--hook", "resid:4", "--tokens", str(args.cache_tokens),
+              "--heldout-tokens", str(args.heldout_tokens), "--store", str(store))
+    sets: dict[str, list[str]] = {arch: [] for arch in args.archs}
+    for hook, path in _hooks(store):
+        # One pass over each depth's store trains every architecture (folders L<n>-<arch>).
+        base = ws / "saes" / f"L{hook.split('.')[1]}"
+        out = base if len(args.archs) > 1 else base.with_name(f"{base.name}-{args.archs[0]}")
+        _saebench("train", "--store", str(path), "--out", str(out), "--arch", *args.archs,
+                  "--k", str(args.k), "--width", str(args.width),
+                  "--tokens", str(args.train_tokens), "--dead-window", "200000",
+                  "--no-progress")
+        for arch in args.archs:
+            sets[arch].append(str(base.with_name(f"{base.name}-{arch}")))
+    rows = []
+    for task in args.tasks:
+        recs = {}
+        for arch, folders in sets.items():
+            out = ws / "circuits" / f"{task}-{args.method}-{arch}.json"
+            if args.force or not out.exists():
+                _saebench("circuits", "--saes", *folders, "--task", task, "--n", str(args.n),
+                          "--method", args.method, "--out", str(out))
+            recs[arch] = json.loads(out.read_text())
+            rows.append(_row(recs[arch]))
+        plot(recs, args.figures / f"circuits-{task}.png")
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
