@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-COLUMNS = ("task", "SAEs", "pairs", "accuracy", "clean m", "corrupt m", "nodes", "edges",
+COLUMNS = ("task", "SAEs", "patch", "pairs", "accuracy", "clean m", "corrupt m", "nodes", "edges",
            "faithfulness", "completeness", "nodes for 80%", "random at 80% size", "seconds")
 
 
@@ -51,8 +51,9 @@ def _row(rec: dict) -> list[str]:
     s = rec["summary"]
     n80 = "not reached" if s["nodes_for_80"] is None else f"{s['nodes_for_80']:.0f}"
     arch = Path(rec["saes"][0]).name.split("-", 1)[1]
-    return [rec["task"], arch, str(rec["settings"]["n"]), f"{rec['accuracy']:.2f}",
-            f"{rec['clean_metric']:.2f}", f"{rec['corrupt_metric']:.2f}", str(s["n_nodes"]),
+    return [rec["task"], arch, rec["settings"]["patch"], str(rec["settings"]["n"]),
+            f"{rec['accuracy']:.2f}", f"{rec['clean_metric']:.2f}",
+            f"{rec['corrupt_metric']:.2f}", str(s["n_nodes"]),
             str(len(rec["edges"])), f"{s['faithfulness']:.3f}", f"{s['completeness']:.3f}",
             n80, _random_at(rec), f"{rec['settings']['seconds']:.0f}"]
 
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["ioi", "sva"])
     parser.add_argument("--n", type=int, default=100, help="prompt pairs per task")
     parser.add_argument("--method", default="attrib", choices=["attrib", "ig"])
+    parser.add_argument("--patch", default="mean", choices=["mean", "corrupt"])
     parser.add_argument("--figures", type=Path, default=Path("benchmarks/figures"))
     parser.add_argument("--force", action="store_true", help="recompute the circuits")
     args = parser.parse_args()
@@ -124,13 +126,13 @@ def main() -> None:
     for task in args.tasks:
         recs = {}
         for arch, folders in sets.items():
-            out = ws / "circuits" / f"{task}-{args.method}-{arch}.json"
+            out = ws / "circuits" / f"{task}-{args.method}-{args.patch}-{arch}.json"
             if args.force or not out.exists():
                 _saebench("circuits", "--saes", *folders, "--task", task, "--n", str(args.n),
-                          "--method", args.method, "--out", str(out))
+                          "--method", args.method, "--patch", args.patch, "--out", str(out))
             recs[arch] = json.loads(out.read_text())
             rows.append(_row(recs[arch]))
-        plot(recs, args.figures / f"circuits-{task}.png")
+        plot(recs, args.figures / f"circuits-{task}-{args.method}-{args.patch}.png")
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for row in rows:

@@ -60,7 +60,7 @@ def setup(folders):
 @pytest.fixture(scope="module")
 def attr(setup):
     model, sset, task, batch = setup
-    return node_effects(model, sset, task, batch, batch_size=5, progress=False)
+    return node_effects(model, sset, task, batch, patch="corrupt", batch_size=5, progress=False)
 
 
 def test_set_is_in_execution_order(setup):
@@ -111,11 +111,33 @@ def _exact_patch(setup, hook: str) -> float:
     return (clean - patched).mean().item()
 
 
-def test_integrated_gradients_sum_to_exact_patching(setup):
+def _exact_mean_ablation(setup, hook: str) -> float:
+    """m(clean) − m(clean with the activation at `hook` set to its clean mean per position)."""
     model, sset, task, batch = setup
-    ig = node_effects(model, sset, task, batch, method="ig", batch_size=12, progress=False)
+    store: dict = {}
+
+    def grab(x, hook):
+        store["x"] = x.clone()
+        return x
+
+    with torch.no_grad():
+        metric(model, task, batch, batch.clean, [(hook, grab)])
+        keep = batch.mask.float()[..., None]
+        mean = (store["x"] * keep).sum(0) / keep.sum(0)
+        ablated = metric(model, task, batch, batch.clean,
+                         [(hook, lambda x, hook: mean.expand_as(x).clone())])
+        clean = metric(model, task, batch, batch.clean, [])
+    return (clean - ablated).mean().item()
+
+
+@pytest.mark.parametrize("patch", ["corrupt", "mean"])
+def test_integrated_gradients_sum_to_exact_patching(setup, patch):
+    model, sset, task, batch = setup
+    ig = node_effects(model, sset, task, batch, method="ig", patch=patch, batch_size=12,
+                      progress=False)
+    exact = _exact_patch if patch == "corrupt" else _exact_mean_ablation
     for hook in HOOKS:  # IG's completeness axiom: the effects at a hook sum to the patch
-        assert ig.effects[hook].sum().item() == pytest.approx(_exact_patch(setup, hook), rel=0.02)
+        assert ig.effects[hook].sum().item() == pytest.approx(exact(setup, hook), rel=0.02)
 
 
 def test_attribution_agrees_with_single_node_patching(setup, attr):
@@ -138,7 +160,8 @@ def test_attribution_agrees_with_single_node_patching(setup, attr):
 
 def test_per_position_effects_sum_to_summed_effects(setup, attr):
     model, sset, task, batch = setup
-    per = node_effects(model, sset, task, batch, per_position=True, batch_size=5, progress=False)
+    per = node_effects(model, sset, task, batch, patch="corrupt", per_position=True,
+                       batch_size=5, progress=False)
     assert per.effects[HOOKS[0]].shape == (int(batch.pos.max()) + 1, D_SAE + 1)
     for h in HOOKS:
         assert torch.allclose(per.effects[h].sum(0), attr.effects[h], atol=1e-6)
@@ -194,11 +217,12 @@ def test_edges_only_between_kept_nodes_at_consecutive_hooks(setup, attr):
     assert tuple(points.customdata[0][:2]) == (str(sset.folders[0]), rec["nodes"][0]["latent"])
 
 
-def test_edges_of_all_nodes_sum_to_upstream_effects(setup):
+@pytest.mark.parametrize("patch", ["corrupt", "mean"])
+def test_edges_of_all_nodes_sum_to_upstream_effects(setup, patch):
     # Σ_d ∇_d m·d = ∇_x m·(x − b_dec) at a residual hook, so with every node kept the edges
     # out of a hook sum to its attribution effects (a known-answer check of the VJPs).
     model, sset, task, batch = setup
-    attr = node_effects(model, sset, task, batch, batch_size=12, progress=False)
+    attr = node_effects(model, sset, task, batch, patch=patch, batch_size=12, progress=False)
     edge_effects(model, sset, task, batch, attr, -1.0, batch_size=12, progress=False)
     for (up, _), w in attr.edges.items():
         assert w.sum().item() == pytest.approx(attr.effects[up].sum().item(), rel=1e-4)

@@ -100,11 +100,12 @@ def plant(request):
     return cfg.writers, model, task, sset, truth
 
 
-def test_head_parts_sum_to_node_effects(plant):
+@pytest.mark.parametrize("patch", ["corrupt", "mean"])
+def test_head_parts_sum_to_node_effects(plant, patch):
     writers, model, sset, task = plant[0], plant[1], plant[3], plant[2]
     batch = task.batch(32, seed=3)
-    by_head = head_effects(model, sset, task, batch, batch_size=16)
-    attr = node_effects(model, sset, task, batch, batch_size=16, progress=False)
+    by_head = head_effects(model, sset, task, batch, patch=patch, batch_size=16)
+    attr = node_effects(model, sset, task, batch, patch=patch, batch_size=16, progress=False)
     for hook in sset.hooks:
         assert torch.allclose(by_head[hook].sum(1), attr.effects[hook], atol=1e-5, rtol=1e-4)
     # Heads that never write (W_O = 0 by construction) receive exactly nothing.
@@ -133,3 +134,25 @@ def test_collapse_needs_per_head_hooks(plant):
     resid = SAESet("planted", ["blocks.0.hook_resid_post"], [Path("x")], sset.saes[:1])
     with pytest.raises(UserError, match="attn.hook_z"):
         collapse({"blocks.0.hook_resid_post": torch.zeros(3, 4)}, resid)
+
+
+def test_cli_ranks_heads_for_attention_saes(tmp_path, capsys):
+    from saebench.cli import main
+    from trainers.saelens_format import save_sae
+    from trainers.topk import TopKConfig, TopKSAE
+
+    folders = []
+    for layer in range(2):  # random:tiny: 2 layers of 4 heads, d_head 8
+        sae = TopKSAE(32, TopKConfig(d_sae=64, k=8), generator=torch.Generator().manual_seed(layer))
+        folder = tmp_path / "saes" / f"z{layer}"
+        meta = {"model_name": "random:tiny", "hook_name": f"blocks.{layer}.attn.hook_z"}
+        save_sae(folder, sae.export_saelens(1.0), d_in=32, d_sae=64, meta=meta, run={})
+        folders.append(str(folder))
+    out = tmp_path / "c.json"
+    assert main(["circuits", "--saes", *folders, "--n", "8", "--no-check-task",
+                 "--thresholds", "0.01", "--out", str(out)]) == 0
+    import json
+
+    heads = json.loads(out.read_text())["heads"]
+    assert len(heads) == 8 and list(heads.values()) == sorted(heads.values(), reverse=True)
+    assert "heads by the circuit's effect" in capsys.readouterr().out

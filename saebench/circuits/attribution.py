@@ -6,9 +6,15 @@ positions. A node's effect is its indirect effect on the metric m (the task's pe
 averaged over pairs) when patched from the clean to the corrupt prompt, signed so that a node
 supporting the behaviour is positive:
 
-    attribution patching (eq. 3):  effect(a) = ∇ₐm|clean · (a_clean − a_corrupt)
-    integrated gradients (eq. 4):  effect(a) = (1/N Σ_α ∇ₐm|a_α) · (a_clean − a_corrupt),
-                                   a_α on the line clean → corrupt, N = 10
+    attribution patching (eq. 3):  effect(a) = ∇ₐm|clean · (a_clean − a_patch)
+    integrated gradients (eq. 4):  effect(a) = (1/N Σ_α ∇ₐm|a_α) · (a_clean − a_patch),
+                                   a_α on the line clean → patch, N = 10
+
+where a_patch is the node's value on the corrupt prompt, or its clean mean at that position
+(`patch="mean"`, the value faithfulness ablates to). The corrupt value leaves every node whose
+clean and corrupt values agree (e.g. shared context before the corrupted token) with an
+effect of exactly 0, so such nodes never join a circuit however low the threshold, while
+mean-ablating them can still destroy the behaviour.
 
 Edges join nodes at consecutive hooks (App. A.1): effect(u → d) = ∇_d m · ∂d/∂u · Δu, batched
 as one vector-Jacobian product per block of kept downstream nodes.
@@ -20,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -30,6 +36,10 @@ from saebench.tasks import TaskBatch
 from store.errors import UserError
 
 METHODS = ("attrib", "ig")
+PATCHES = ("corrupt", "mean")
+"""What a node is patched to when its effect is estimated: its value on the corrupt prompt
+(the counterfactual), or its mean over the clean prompts at the same position, which is
+what faithfulness ablates to (Marks et al. 2024 allow either as a_patch, §2)."""
 
 
 @dataclass
@@ -45,6 +55,8 @@ class Attribution:
     clean_metric: Tensor
     corrupt_metric: Tensor
     accuracy: float
+    patch: str = "mean"
+    """The reference of every Δ: "corrupt" or "mean" (see PATCHES)."""
     edges: dict[tuple[str, str], Tensor] = field(default_factory=dict)
     """(up, down) -> [K_down, K_up] edge effects between the kept nodes of `kept`."""
     kept: dict[str, Tensor] = field(default_factory=dict)
@@ -83,19 +95,43 @@ def _ig_grads(model, sset, task, sub, clean, corrupt, n_total, steps) -> dict:
     return out
 
 
-def _accumulate(eff: dict, sums: dict, clean: dict, corrupt: dict, grads: dict,
-                mask: Bool[Tensor, "pairs pos"]) -> None:
-    """Add one chunk's node effects, ∇m·(clean − corrupt), and its masked clean sums."""
-    b, s = mask.shape
-    m = mask.float().reshape(-1, 1)
+def _accumulate(eff: dict, clean: dict, ref: dict, grads: dict, b: int, s: int) -> None:
+    """Add one chunk's node effects, ∇m·(clean − reference)."""
     for h in eff:
-        dc = clean[h]["c"].detach() - corrupt[h]["c"]
-        de = clean[h]["e"].detach() - corrupt[h]["e"]
+        dc = clean[h]["c"].detach() - ref[h]["c"]
+        de = clean[h]["e"].detach() - ref[h]["e"]
         c_part = (grads[h]["c"] * dc).cpu()
         e_part = (grads[h]["e"] * de).sum(-1).cpu()
         eff[h][:s] += _reduce(c_part, e_part, b, s)
-        sums[h]["c"][:s] += (clean[h]["c"].detach().cpu() * m).view(b, s, -1).sum(0)
-        sums[h]["e"][:s] += (clean[h]["e"].detach().cpu() * m).view(b, s, -1).sum(0)
+
+
+@torch.no_grad()
+def clean_means(model, sset: SAESet, task, batch: TaskBatch, batch_size: int = 32) -> dict:
+    """hook -> {"c": [pos, d_sae], "e": [pos, d_in]}: codes and errors averaged over the clean
+    prompts at each position (padding excluded): the mean-ablation values."""
+    width = int(batch.pos.max()) + 1
+    sums = {h: {"c": torch.zeros(width, s.d_sae), "e": torch.zeros(width, s.d_in)}
+            for h, s in sset.items()}
+    count = torch.zeros(width)
+    for idx in chunks(batch, batch_size):
+        sub = batch.select(idx).to(model.cfg.device)
+        (b, s), rec = sub.clean.shape, {}
+        metric(model, task, sub, sub.clean, [(h, record_hook(sae, rec)) for h, sae in sset.items()])
+        m = sub.mask.float().reshape(-1, 1)
+        for h in sums:
+            for k in ("c", "e"):
+                sums[h][k][:s] += (rec[h][k] * m).view(b, s, -1).sum(0).cpu()
+        count[:s] += sub.mask.float().sum(0).cpu()
+    return {h: {k: v / count.clamp_min(1)[:, None] for k, v in d.items()} for h, d in sums.items()}
+
+
+def reference(patch: str, corrupt: dict, means: dict, b: int, s: int) -> dict:
+    """Per hook, the values nodes are patched to, as [b·s, ·] rows like the clean ones."""
+    if patch == "corrupt":
+        return corrupt
+    return {h: {k: v[:s].to(next(iter(corrupt.values()))["c"].device)[None]
+                .expand(b, s, -1).reshape(b * s, -1) for k, v in d.items()}
+            for h, d in means.items()}
 
 
 def node_effects(
@@ -105,6 +141,7 @@ def node_effects(
     batch: TaskBatch,
     *,
     method: str = "attrib",
+    patch: str = "mean",
     per_position: bool = False,
     batch_size: int = 32,
     ig_steps: int = 10,
@@ -113,11 +150,11 @@ def node_effects(
     """Every node's effect on the mean metric, in chunks of `batch_size` pairs."""
     if method not in METHODS:
         raise UserError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+    if patch not in PATCHES:
+        raise UserError(f"unknown patch {patch!r}; choose from {', '.join(PATCHES)}")
     n, width = len(batch), int(batch.pos.max()) + 1
     eff = {h: torch.zeros(width, s.d_sae + 1) for h, s in sset.items()}
-    sums = {h: {"c": torch.zeros(width, s.d_sae), "e": torch.zeros(width, s.d_in)}
-            for h, s in sset.items()}
-    count = torch.zeros(width)
+    means = clean_means(model, sset, task, batch, batch_size)
     metrics: dict[str, list] = {"clean": [], "corrupt": [], "ok": [], "idx": []}
     for idx in tqdm(chunks(batch, batch_size), desc="nodes", disable=not progress):
         sub = batch.select(idx).to(model.cfg.device)
@@ -133,17 +170,16 @@ def node_effects(
             rec_hooks = [(h, record_hook(sae, corrupt)) for h, sae in sset.items()]
             corrupt_m = metric(model, task, sub, sub.corrupt, rec_hooks)
             ok = task.correct(logits.detach(), at0)
+        ref = reference(patch, corrupt, means, len(idx), s)
         if method == "ig":
             with torch.enable_grad():
-                grads = _ig_grads(model, sset, task, sub, clean, corrupt, n, ig_steps)
-        _accumulate(eff, sums, clean, corrupt, grads, sub.mask.cpu())
-        count[:s] += sub.mask.float().sum(0).cpu()
+                grads = _ig_grads(model, sset, task, sub, clean, ref, n, ig_steps)
+        _accumulate(eff, clean, ref, grads, len(idx), s)
         metrics["clean"].append(per_pair.detach().cpu())
         metrics["corrupt"].append(corrupt_m.cpu())
         metrics["ok"].append(ok.cpu())
         metrics["idx"].append(idx)
     inverse = torch.argsort(torch.cat(metrics["idx"]))
-    means = {h: {k: v / count.clamp_min(1)[:, None] for k, v in d.items()} for h, d in sums.items()}
     return Attribution(
         hooks=list(sset.hooks),
         per_position=per_position,
@@ -152,6 +188,7 @@ def node_effects(
         clean_metric=torch.cat(metrics["clean"])[inverse],
         corrupt_metric=torch.cat(metrics["corrupt"])[inverse],
         accuracy=torch.cat(metrics["ok"]).float().mean().item(),
+        patch=patch,
     )
 
 
@@ -222,6 +259,7 @@ def edge_effects(
         with torch.no_grad():
             metric(model, task, sub, sub.corrupt,
                    [(h, record_hook(sae, corrupt)) for h, sae in sset.items()])
+        ref = reference(attr.patch, corrupt, attr.means, b, s)
         with torch.enable_grad():
             hooks = [(h, leaf_hook(sae, clean, attached=True))
                      for h, sae in sset.items()]
@@ -234,8 +272,8 @@ def edge_effects(
                 y = _pick(_node_values(grads[down], clean[down], b, s), k_down)
                 jc, je = _vjp(y, [clean[up]["c"], clean[up]["e"]], block)
                 with torch.no_grad():
-                    dc = clean[up]["c"] - corrupt[up]["c"]
-                    de = clean[up]["e"] - corrupt[up]["e"]
+                    dc = clean[up]["c"] - ref[up]["c"]
+                    de = clean[up]["e"] - ref[up]["e"]
                     w = torch.cat([jc * dc, (je * de).sum(-1, keepdim=True)], -1)
                     w = w.view(len(k_down), b, s, -1).sum(1)
                     attr.edges[(up, down)] += torch.stack([_pick(r, k_up) for r in w]).cpu()

@@ -8,10 +8,11 @@ exactly into per-head parts:
     effect(j)   = Σ_t Δc_tj · W_dec[j]·g_t  =  Σ_h  Σ_t Δc_tj · W_dec[j, h]·g_t,h
     effect(err) = Σ_h  Σ_t Δe_t,h · g_t,h
 
-with g = ∂m/∂z at the clean run, Δ = clean − corrupt, t over pairs and positions. A head's
-score for a circuit C is Σ_{n ∈ C} |effect(n, h)|: how much of the circuit's effect flows
-through that head. With every node in C it is per-head attribution patching; a thresholded
-circuit keeps only what its latents and errors route through each head.
+with g = ∂m/∂z at the clean run, Δ = clean − patch (corrupt or mean), t over pairs and
+positions. A head's score for a circuit C is Σ_{n ∈ C} |effect(n, h)|: how much of the
+circuit's effect flows through that head. With every node in C it is per-head attribution
+patching; a thresholded circuit keeps only what its latents and errors route through each
+head.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saebench.circuits.attribution import chunks, leaf_grads
+from saebench.circuits.attribution import chunks, clean_means, leaf_grads, reference
 from saebench.circuits.heads import head_name
 from saebench.circuits.saes import SAESet
 from saebench.circuits.splice import last_logits, leaf_hook, metric, record_hook
@@ -30,6 +31,11 @@ from saebench.tasks import TaskBatch
 from store.errors import UserError
 
 _HOOK_Z = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
+
+
+def per_head(sset: SAESet) -> bool:
+    """Whether every SAE of the set sits at an `attn.hook_z` (so the circuit collapses)."""
+    return all(_HOOK_Z.match(hook) for hook in sset.hooks)
 
 
 def head_layers(sset: SAESet) -> dict[str, int]:
@@ -45,13 +51,16 @@ def head_layers(sset: SAESet) -> dict[str, int]:
 
 
 def head_effects(
-    model, sset: SAESet, task, batch: TaskBatch, *, batch_size: int = 32
+    model, sset: SAESet, task, batch: TaskBatch, *, patch: str = "mean",
+    batch_size: int = 32,
 ) -> dict[str, Float[Tensor, "node heads"]]:
     """hook -> [d_sae + 1, heads]: each node's attribution effect split over heads (the last
-    row is the error node). Rows sum over heads to the node effects of `node_effects`."""
+    row is the error node). Rows sum over heads to the node effects of `node_effects` with
+    the same `patch`."""
     head_layers(sset)
     n_heads, n = model.cfg.n_heads, len(batch)
     out = {h: torch.zeros(sae.d_sae + 1, n_heads) for h, sae in sset.items()}
+    means = clean_means(model, sset, task, batch, batch_size) if patch == "mean" else {}
     for idx in chunks(batch, batch_size):
         sub = batch.select(idx).to(model.cfg.device)
         clean: dict = {}
@@ -63,11 +72,12 @@ def head_effects(
         with torch.no_grad():
             metric(model, task, sub, sub.corrupt,
                    [(h, record_hook(sae, corrupt)) for h, sae in sset.items()])
+            ref = reference(patch, corrupt, means, *sub.clean.shape)
             for h, sae in sset.items():
                 # The error leaf's gradient is ∂m/∂z itself (splice.leaf_hook).
                 g = grads[h]["e"].view(-1, n_heads, sae.d_in // n_heads)
-                dc = clean[h]["c"] - corrupt[h]["c"]
-                de = (clean[h]["e"] - corrupt[h]["e"]).view_as(g)
+                dc = clean[h]["c"] - ref[h]["c"]
+                de = (clean[h]["e"] - ref[h]["e"]).view_as(g)
                 w = sae.W_dec.view(sae.d_sae, n_heads, -1)
                 per_latent = torch.einsum("tj,jhd,thd->jh", dc, w, g)
                 out[h] += torch.cat([per_latent, (de * g).sum((0, 2))[None]]).cpu()

@@ -18,6 +18,11 @@ class Args:
     method: Literal["attrib", "ig"] = "attrib"
     """Node effects by attribution patching (1 forward+backward) or integrated gradients
     (10 steps per hook, Marks et al. 2024 §2)."""
+    patch: Literal["mean", "corrupt"] = "mean"
+    """What a node is patched to when its effect is estimated: its clean mean at that
+    position (what faithfulness ablates to), or its corrupt-prompt value. With "corrupt",
+    nodes identical on both prompts (shared context) have effect 0 and never join a circuit:
+    on IOI with SmolLM2 faithfulness then stalls at 0.31 (see BENCHMARKS.md)."""
     n: int = 100
     """Prompt pairs."""
     seed: int = 0
@@ -62,6 +67,7 @@ def main(args: Args) -> None:
 
     from saebench.circuits import output
     from saebench.circuits.attribution import edge_effects, node_effects
+    from saebench.circuits.collapse import collapse, head_effects, per_head
     from saebench.circuits.faithfulness import evaluate
     from saebench.circuits.saes import load_set
     from saebench.tasks import get_task
@@ -76,7 +82,7 @@ def main(args: Args) -> None:
     batch = task.batch(model.tokenizer, args.n, args.seed)
     start = time.perf_counter()
     kw = {"batch_size": args.batch_size, "progress": True}
-    attr = node_effects(model, sset, task, batch, method=args.method,
+    attr = node_effects(model, sset, task, batch, method=args.method, patch=args.patch,
                         per_position=args.per_position, **kw)
     clean = attr.clean_metric.mean().item()
     if args.check_task and (attr.accuracy < MIN_ACCURACY or not clean > 0):
@@ -94,10 +100,16 @@ def main(args: Args) -> None:
         attr.kept = {h: kept_nodes(attr.effects[h], args.node_threshold) for h in sset.hooks}
     faith = evaluate(model, sset, task, batch, attr, thresholds, args.node_threshold,
                      seed=args.seed, **kw)
+    heads = None
+    if per_head(sset):  # attention SAEs: also rank heads by what the circuit routes through
+        heads = collapse(head_effects(model, sset, task, batch, patch=args.patch,
+                                      batch_size=args.batch_size), sset, attr.kept)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()
                 if k not in ("saes", "out", "device")}
     settings["seconds"] = time.perf_counter() - start
     rec = output.record(args.task, sset, attr, faith, {**settings, "thresholds": thresholds})
+    if heads is not None:
+        rec["heads"] = heads
     ws = workspace_of(args.saes[0])
     out = args.out or ws / output.CIRCUITS_DIR / f"{args.task}-{args.method}.json"
     output.write(out, rec)
@@ -114,6 +126,10 @@ def _print(rec: dict, out: Path) -> None:
     for r in rec["faithfulness"]["sweep"]:
         print(f"{r['threshold']:>10.3g} {r['n_nodes']:>6} {r['faithfulness']:>9.3f} "
               f"{r['random_faithfulness']:>8.3f}")
+    if "heads" in rec:
+        top = list(rec["heads"].items())[:10]
+        print("heads by the circuit's effect through them: "
+              + ", ".join(f"{h} {v:.3g}" for h, v in top))
     s = rec["summary"]
     print(f"circuit at the node threshold: {s['n_nodes']} nodes, {len(rec['edges'])} edges, "
           f"faithfulness {s['faithfulness']:.3f}, completeness {s['completeness']:.3f}; "
