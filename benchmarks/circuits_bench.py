@@ -20,8 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-COLUMNS = ("task", "SAEs", "patch", "pairs", "accuracy", "clean m", "corrupt m", "nodes", "edges",
-           "faithfulness", "completeness", "nodes for 80%", "random at 80% size", "seconds")
+COLUMNS = ("task", "SAEs", "patch", "pairs", "accuracy", "m clean / corrupt",
+           "nodes for 80%", "first point ≥ 80%: nodes, faithfulness, random, completeness",
+           "seconds")
 
 
 def _saebench(*args: str) -> None:
@@ -38,29 +39,29 @@ def _hooks(store: Path) -> list[tuple[str, Path]]:
     return [(p.name[len(stem) + 1 : -len(".duckdb")], p) for p in found]
 
 
-def _random_at(rec: dict) -> str:
-    """The random control's faithfulness at the sweep point nearest the 80% circuit size."""
-    n80, sweep = rec["summary"]["nodes_for_80"], rec["faithfulness"]["sweep"]
-    if n80 is None or not sweep:
+def _at_80(rec: dict) -> str:
+    """The first sweep point at or past 80% faithfulness, with its random control and its
+    completeness."""
+    rows = sorted(rec["faithfulness"]["sweep"], key=lambda r: r["n_nodes"])
+    row = next((r for r in rows if r["faithfulness"] >= 0.8), None)
+    if row is None:
         return "–"
-    row = min(sweep, key=lambda r: abs(r["n_nodes"] - n80))
-    return f"{row['random_faithfulness']:.3f} ({row['n_nodes']} nodes)"
+    return (f"{row['n_nodes']}, {row['faithfulness']:.3f}, {row['random_faithfulness']:.3f}, "
+            f"{row['completeness']:.3f}")
 
 
 def _row(rec: dict) -> list[str]:
-    s = rec["summary"]
-    n80 = "not reached" if s["nodes_for_80"] is None else f"{s['nodes_for_80']:.0f}"
+    n80 = rec["summary"]["nodes_for_80"]
     arch = Path(rec["saes"][0]).name.split("-", 1)[1]
     return [rec["task"], arch, rec["settings"]["patch"], str(rec["settings"]["n"]),
-            f"{rec['accuracy']:.2f}", f"{rec['clean_metric']:.2f}",
-            f"{rec['corrupt_metric']:.2f}", str(s["n_nodes"]),
-            str(len(rec["edges"])), f"{s['faithfulness']:.3f}", f"{s['completeness']:.3f}",
-            n80, _random_at(rec), f"{rec['settings']['seconds']:.0f}"]
+            f"{rec['accuracy']:.2f}", f"{rec['clean_metric']:.2f} / {rec['corrupt_metric']:.2f}",
+            "not reached" if n80 is None else f"{n80:.0f}", _at_80(rec),
+            f"{rec['settings']['seconds']:.0f}"]
 
 
 def plot(recs: dict[str, dict], path: Path) -> None:
-    """Faithfulness against nodes (log scale) per SAE set, each with its random control and
-    the completeness of its chosen circuit (m with the circuit ablated, normalised)."""
+    """Faithfulness against nodes (log scale) per SAE set, with its random control and its
+    completeness (m with the circuit ablated, normalised; lower is more complete)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,9 +75,8 @@ def plot(recs: dict[str, dict], path: Path) -> None:
         ax.plot(n, [r["faithfulness"] for r in sweep], "o-", color=colour, label=arch)
         ax.plot(n, [r["random_faithfulness"] for r in sweep], ":", color=colour, alpha=0.7,
                 label=f"{arch}: random circuit, same size per hook")
-        s = rec["summary"]
-        ax.scatter([max(s["n_nodes"], 1)], [s["completeness"]], marker="x", color=colour,
-                   zorder=3, label=f"{arch}: completeness {s['completeness']:.2f}")
+        ax.plot(n, [r["completeness"] for r in sweep], "x--", color=colour, alpha=0.7,
+                label=f"{arch}: completeness (circuit ablated)")
     ax.axhline(0.8, color="black", lw=0.6, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("nodes in the circuit (latents + error nodes over 4 hooks)")

@@ -192,7 +192,8 @@ def test_random_control_is_reproducible_and_matches_counts(attr):
 
 
 def test_nodes_for_80_interpolates():
-    rows = [SweepRow(0.1, 10, 0.5, 0.0, 0.0, 0.0), SweepRow(0.05, 30, 0.9, 0.1, 0.0, 0.0)]
+    rows = [SweepRow(0.1, 10, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0),
+            SweepRow(0.05, 30, 0.9, 0.1, 0.0, 0.0, 0.0, 0.0)]
     assert nodes_for(rows) == pytest.approx(25.0)
     assert nodes_for(rows[:1]) is None
 

@@ -57,7 +57,7 @@ st.caption(f"Task `{head['task']}` on `{head['model']}`, {head['method']}; SAEs 
 cols = st.columns(4)
 cols[0].metric("Nodes for 80% faithfulness", _fmt(head["nodes_for_80"], ".0f"))
 cols[1].metric("Faithfulness", _fmt(head["circuit_faithfulness"]))
-cols[2].metric("Completeness", _fmt(head["completeness"]))
+cols[2].metric("Completeness", _fmt(head["circuit_completeness"]))
 cols[3].metric("Nodes / edges", f"{head['circuit_n_nodes']} / {head['n_edges']}")
 st.caption(f"At node threshold {_fmt(head['node_threshold'], '.3g')}. Faithfulness: the "
            "metric with only the circuit's nodes left unablated (1 = the whole model); "

@@ -31,7 +31,8 @@ TARGET = 0.8
 
 @dataclass(frozen=True)
 class SweepRow:
-    """One node threshold: circuit size, its faithfulness and a random control's."""
+    """One node threshold: circuit size, its faithfulness and completeness, and a random
+    control's faithfulness."""
 
     threshold: float
     n_nodes: int
@@ -39,6 +40,9 @@ class SweepRow:
     random_faithfulness: float
     metric: float
     random_metric: float
+    completeness: float
+    """Normalised m with only this circuit ablated (near 0: nothing important is left out)."""
+    completeness_metric: float
 
 
 Keep = dict[str, Bool[Tensor, "pos node"] | None]
@@ -123,7 +127,9 @@ def evaluate(model, sset: SAESet, task, batch: TaskBatch, attr: Attribution,
     def point(t: float) -> SweepRow:
         kept = {h: kept_nodes(attr.effects[h], t) for h in sset.hooks}
         m_c, m_r = run(keep_of(attr, kept)), run(keep_of(attr, random_kept(attr, kept, g)))
-        return SweepRow(t, sum(len(k) for k in kept.values()), norm(m_c), norm(m_r), m_c, m_r)
+        m_rest = run(keep_of(attr, kept, invert=True))
+        return SweepRow(t, sum(len(k) for k in kept.values()), norm(m_c), norm(m_r), m_c, m_r,
+                        norm(m_rest), m_rest)
 
     bar = tqdm(sorted(thresholds, reverse=True), desc="faithfulness", disable=not progress)
     rows += [point(t) for t in bar]
@@ -145,4 +151,6 @@ def evaluate(model, sset: SAESet, task, batch: TaskBatch, attr: Attribution,
                     "faithfulness": norm(m_c), "completeness_metric": m_rest,
                     "completeness": norm(m_rest)},
         "nodes_for_80": nodes_for(rows),
+        "at_80": next((asdict(r) for r in sorted(rows, key=lambda r: r.n_nodes)
+                       if r.faithfulness >= TARGET), None),
     }

@@ -20,10 +20,11 @@ TOP_TOKENS = 5
 _S, _I, _F = pa.string(), pa.int32(), pa.float64()
 SWEEP = pa.schema([
     ("circuit", _S), ("task", _S), ("model", _S), ("method", _S), ("hooks", pa.list_(_S)),
-    ("saes", pa.list_(_S)), ("node_threshold", _F), ("nodes_for_80", _F),
-    ("completeness", _F), ("circuit_n_nodes", pa.int64()), ("circuit_faithfulness", _F),
-    ("n_edges", pa.int64()), ("threshold", _F), ("n_nodes", pa.int64()),
-    ("faithfulness", _F), ("random_faithfulness", _F), ("metric", _F), ("random_metric", _F),
+    ("saes", pa.list_(_S)), ("patch", _S), ("node_threshold", _F), ("nodes_for_80", _F),
+    ("completeness_at_80", _F), ("circuit_completeness", _F), ("circuit_n_nodes", pa.int64()),
+    ("circuit_faithfulness", _F), ("n_edges", pa.int64()), ("threshold", _F),
+    ("n_nodes", pa.int64()), ("faithfulness", _F), ("random_faithfulness", _F),
+    ("completeness", _F), ("metric", _F), ("random_metric", _F), ("completeness_metric", _F),
 ])
 NODES = pa.schema([
     ("circuit", _S), ("task", _S), ("model", _S), ("method", _S), ("hook", _S), ("sae", _S),
@@ -133,7 +134,9 @@ def record(task: str, sset: SAESet, attr: Attribution, faith: dict, settings: di
         "nodes": annotate(nodes(sset, attr), folder_of),
         "edges": edges(sset, attr, settings["edge_threshold"]),
         "faithfulness": faith,
-        "summary": {"nodes_for_80": faith["nodes_for_80"], **faith["circuit"]},
+        "summary": {"nodes_for_80": faith["nodes_for_80"],
+                    "completeness_at_80": (faith["at_80"] or {}).get("completeness"),
+                    **faith["circuit"]},
     }
 
 
@@ -152,8 +155,10 @@ def catalog_rows(rec: dict) -> list[dict]:
     # SAE folder names, not paths: the catalog is read from wherever the workspace now is.
     base = {"task": rec["task"], "model": rec["model"], "method": rec["settings"]["method"],
             "hooks": rec["hooks"], "saes": [Path(f).name for f in rec["saes"]],
+            "patch": rec["settings"].get("patch"),
             "node_threshold": rec["settings"].get("node_threshold"),
-            "nodes_for_80": s["nodes_for_80"], "completeness": s["completeness"],
+            "nodes_for_80": s["nodes_for_80"], "completeness_at_80": s["completeness_at_80"],
+            "circuit_completeness": s["completeness"],
             "circuit_n_nodes": s["n_nodes"], "circuit_faithfulness": s["faithfulness"],
             "n_edges": len(rec["edges"])}
     return [{**base, **row} for row in rec["faithfulness"]["sweep"]]

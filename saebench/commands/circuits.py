@@ -122,10 +122,10 @@ def main(args: Args) -> None:
 
 
 def _print(rec: dict, out: Path) -> None:
-    print(f"{'threshold':>10} {'nodes':>6} {'faithful':>9} {'random':>8}")
+    print(f"{'threshold':>10} {'nodes':>6} {'faithful':>9} {'random':>8} {'complete':>9}")
     for r in rec["faithfulness"]["sweep"]:
         print(f"{r['threshold']:>10.3g} {r['n_nodes']:>6} {r['faithfulness']:>9.3f} "
-              f"{r['random_faithfulness']:>8.3f}")
+              f"{r['random_faithfulness']:>8.3f} {r['completeness']:>9.3f}")
     if "heads" in rec:
         top = list(rec["heads"].items())[:10]
         print("heads by the circuit's effect through them: "
@@ -133,5 +133,7 @@ def _print(rec: dict, out: Path) -> None:
     s = rec["summary"]
     print(f"circuit at the node threshold: {s['n_nodes']} nodes, {len(rec['edges'])} edges, "
           f"faithfulness {s['faithfulness']:.3f}, completeness {s['completeness']:.3f}; "
-          f"nodes for 80% faithfulness: {s['nodes_for_80']}; "
           f"{rec['settings']['seconds']:.1f} s -> {out}")
+    n80, c80 = s["nodes_for_80"], s["completeness_at_80"]
+    print("nodes for 80% faithfulness: " + ("not reached" if n80 is None else
+          f"{n80:.0f} (completeness of the first circuit past 80%: {c80:.3f})"))
