@@ -67,7 +67,7 @@ def plot(recs: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     for i, (arch, rec) in enumerate(recs.items()):
         colour = f"C{i}"
         sweep = sorted(rec["faithfulness"]["sweep"], key=lambda r: r["n_nodes"])
@@ -84,7 +84,7 @@ def plot(recs: dict[str, dict], path: Path) -> None:
     first = next(iter(recs.values()))
     ax.set_title(f"{first['task']} on {first['model']}: SAEs at "
                  + ", ".join(h.split(".")[1] for h in first["hooks"]))
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
