@@ -54,12 +54,15 @@ head, local = sweep[0], set(sae_names(ws))
 st.caption(f"Task `{head['task']}` on `{head['model']}`, {head['method']}; SAEs "
            + ", ".join(f"`{s}` at `{h}`" for s, h in zip(head["saes"], head["hooks"],
                                                           strict=True)))
-cols = st.columns(4)
+cols = st.columns(5)
 cols[0].metric("Nodes for 80% faithfulness", _fmt(head["nodes_for_80"], ".0f"))
-cols[1].metric("Faithfulness", _fmt(head["circuit_faithfulness"]))
-cols[2].metric("Completeness", _fmt(head["circuit_completeness"]))
-cols[3].metric("Nodes / edges", f"{head['circuit_n_nodes']} / {head['n_edges']}")
-st.caption(f"At node threshold {_fmt(head['node_threshold'], '.3g')}. Faithfulness: the "
+cols[1].metric("Completeness at 80%", _fmt(head["completeness_at_80"]))
+cols[2].metric("Faithfulness", _fmt(head["circuit_faithfulness"]))
+cols[3].metric("Completeness", _fmt(head["circuit_completeness"]))
+cols[4].metric("Nodes / edges", f"{head['circuit_n_nodes']} / {head['n_edges']}")
+st.caption("The first two: the smallest swept circuit past 80% faithfulness. The others: the "
+           f"graph's circuit, at node threshold {_fmt(head['node_threshold'], '.3g')}. "
+           "Faithfulness: the "
            "metric with only the circuit's nodes left unablated (1 = the whole model); "
            "completeness: with only them ablated (near 0 = nothing important is missing).")
 st.plotly_chart(faithfulness_figure(sweep, head["nodes_for_80"]), key="circuit_faith")
