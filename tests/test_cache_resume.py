@@ -24,7 +24,7 @@ ARGS = [
     "--ctx",
     "32",
     "--tokens",
-    "16384",
+    "65536",  # ~500 chunks: seconds of work left when the signal lands, even on a busy machine
     "--heldout-tokens",
     "1024",
     "--chunk-seqs",
@@ -80,8 +80,8 @@ def test_interrupted_cache_resumes_exactly(tmp_path, reference, sig):
     store = tmp_path / "s.duckdb"
     code = _interrupt_after_some_chunks(store, sig)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
-    assert 0 < _committed(store) < 17  # stopped part-way: 16 train chunks + 1 held-out chunk
-    with pytest.raises(Exception, match="incomplete"):
+    assert _committed(store) > 0
+    with pytest.raises(Exception, match="incomplete"):  # stopped part-way
         open_store(store)
     subprocess.run(_cmd(store), check=True, capture_output=True)
     acts, windows, n_rows = _contents(store)
