@@ -259,3 +259,24 @@ def test_cli_writes_a_circuit_and_fails_in_one_line(folders, tmp_path, capsys, m
         err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
         assert err.startswith("saebench circuits: error:")
         assert not out.exists()
+
+
+def test_corrupt_patch_gives_shared_context_exactly_zero_effect(setup):
+    # Corrupt only each prompt's last token: every earlier position computes the same values on
+    # both prompts, so patching to the corrupt value moves nothing there, while patching to
+    # the clean mean does (the reason `--patch mean` is the default).
+    from dataclasses import replace
+
+    model, sset, task, batch = setup
+    corrupt = batch.clean.clone()
+    rows = torch.arange(len(batch))
+    corrupt[rows, batch.pos] = (batch.clean[rows, batch.pos] + 1) % model.cfg.d_vocab
+    batch = replace(batch, corrupt=corrupt)
+    shared = int(batch.pos.min())
+    kw = {"per_position": True, "batch_size": 12, "progress": False}
+    by_corrupt = node_effects(model, sset, task, batch, patch="corrupt", **kw)
+    by_mean = node_effects(model, sset, task, batch, patch="mean", **kw)
+    for hook in HOOKS:
+        assert by_corrupt.effects[hook][:shared].abs().max() == 0
+    for hook in HOOKS[:-1]:  # the last layer's output at earlier positions reaches nothing
+        assert (by_mean.effects[hook][1:shared].abs().sum(1) > 0).all()
