@@ -18,6 +18,7 @@ from store.errors import UserError
 COMMANDS = {
     "cache": "Cache a model's activations at a hook point into a DuckDB store.",
     "train": "Train one or more SAEs from a store in one pass over its activations.",
+    "calibrate": "Shift thresholded SAEs' thresholds so their held-out L0 hits a target.",
     "eval": "Evaluate an SAE on its store's held-out split and record the results.",
     "index": "Index every feature of an SAE: top contexts, histograms, logits, neighbours.",
     "app": "Browse a workspace's SAEs, features and evals in a local Streamlit app.",

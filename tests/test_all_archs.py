@@ -60,6 +60,30 @@ def test_saelens_loads_every_architecture_as_we_do(sweep, arch):
     assert (codes > 0).sum(1).float().mean() > 0  # it encodes something
 
 
+@pytest.mark.parametrize("arch", ["batchtopk", "feature_choice"])
+def test_calibrate_hits_the_target_l0_and_clears_stale_evals(sweep, arch, tmp_path, capsys):
+    from store.reader import open_store
+    from trainers.saelens_format import load_sae
+
+    ws, folders = sweep
+    folder = ws / "saes" / f"cal-{arch}"
+    shutil.copytree(folders[arch], folder)
+    (folder / "evals").mkdir(exist_ok=True)
+    (folder / "evals" / "core.json").write_text("{}")
+    n = open_store(ws / "store.duckdb").n_tokens("heldout")
+    assert main(["calibrate", "--sae", str(folder), "--l0", "3", "--tokens", str(n)]) == 0
+    run = json.loads((folder / "saebench_train.json").read_text())
+    assert run["calibration"]["target_l0"] == 3.0 and not (folder / "evals").exists()
+    x = torch.cat(list(open_store(ws / "store.duckdb").iter_activations("heldout", 4096)))
+    with torch.no_grad():
+        l0 = (load_sae(folder).encode(x.float()) > 0).sum(1).float().mean()
+    assert float(l0) == pytest.approx(3.0, rel=0.01)
+    capsys.readouterr()
+    assert main(["calibrate", "--sae", str(folder), "--l0", "3", "--tokens", str(n)]) == 0
+    assert "already calibrated" in capsys.readouterr().out
+    assert main(["calibrate", "--sae", str(folders["topk"])]) == 2  # nothing to calibrate
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_core_eval_and_index_work_on_every_architecture(sweep, arch):
     from saebench.index.build import IndexSettings, build_index

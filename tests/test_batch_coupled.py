@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 
 from store.errors import UserError
 from store.sources import InMemorySource
-from trainers.aux_zipf import aux_allocation, aux_zipf_loss, zipf_target
+from trainers.aux_zipf import aux_zipf_loss, dying_allocation, zipf_target
 from trainers.batch_select import flat_topk
 from trainers.batchtopk import BatchTopKConfig, BatchTopKSAE
 from trainers.config import TrainConfig
-from trainers.feature_choice import FeatureChoiceConfig, FeatureChoiceSAE
+from trainers.feature_choice import FeatureChoiceConfig, FeatureChoiceSAE, zipf_caps
 from trainers.loop import train_saes
 from trainers.mutual_choice import MutualChoiceConfig, MutualChoiceSAE
 from trainers.saelens_format import WEIGHTS_FILE, load_sae, save_sae
@@ -105,6 +105,28 @@ def test_train_time_and_inference_agree(trained, name):
     assert mean(inf_fvu) == pytest.approx(mean(train_fvu), rel=0.10)
 
 
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_calibration_hits_the_target_l0_on_other_held_out_data(trained, name):
+    """Fit the shift on one held-out sample, check L0 on another: within 1% of the target."""
+    from trainers.calibrate import l0_shift, measure_l0
+
+    sae = load_sae(trained[name])
+
+    def pre(seed: int) -> list[torch.Tensor]:
+        x = varied_data(16384, seed=seed)
+        return [(b - sae.b_dec) @ sae.W_enc + sae.b_enc for b in x.split(4096)]
+
+    with torch.no_grad():
+        before = measure_l0(pre(2), sae.threshold)
+        cal = l0_shift(pre(1), sae.threshold, float(K))
+        after = measure_l0(pre(2), sae.threshold + cal.shift)
+    assert cal.l0_after == pytest.approx(K, abs=1 / 16384)  # exact on the calibration tokens
+    assert after == pytest.approx(K, rel=0.01)
+    assert cal.l0_before == pytest.approx(before, rel=0.05)
+    with pytest.raises(UserError, match="out of reach"):
+        l0_shift(pre(1), sae.threshold, float(D_SAE))
+
+
 def test_selection_is_batch_global():
     g = torch.Generator().manual_seed(0)
     pre = torch.randn(64, 50, generator=g) * torch.linspace(0.2, 3, 64)[:, None]
@@ -121,8 +143,9 @@ def test_selection_is_batch_global():
 
 
 @pytest.mark.parametrize("capacity", [1.0, 2.0])
-def test_feature_choice_caps_each_latent(capacity):
-    sae = FeatureChoiceSAE(D_IN, FeatureChoiceConfig(d_sae=D_SAE, k=K, capacity=capacity))
+def test_feature_choice_uniform_caps_each_latent(capacity):
+    sae = FeatureChoiceSAE(D_IN, FeatureChoiceConfig(d_sae=D_SAE, k=K, capacity=capacity,
+                                                     cap_dist="uniform"))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, D_IN, generator=g) * torch.linspace(0.1, 4, BATCH)[:, None]
     m = sae.cap(BATCH)
@@ -135,30 +158,115 @@ def test_feature_choice_caps_each_latent(capacity):
     assert sel.theta.shape == (D_SAE,)  # a threshold per latent
 
 
-def test_zipf_target_is_exact_on_zipf_usage_and_aux_vanishes():
+@pytest.mark.parametrize(("n", "total", "alpha", "cap"),
+                         [(128, 2048, 1.0, 512), (4608, 32 * 4096, 1.0, 4096), (50, 60, 2.0, 3),
+                          (10, 1000, 1.0, 100)])
+def test_zipf_caps_sum_to_the_budget_and_follow_zipf(n, total, alpha, cap):
+    caps = zipf_caps(n, total, alpha, cap)
+    assert int(caps.sum()) == total
+    assert int(caps.min()) >= 1 and int(caps.max()) <= cap
+    assert bool((caps[:-1] >= caps[1:]).all())  # by rank, largest first
+    free = (caps > 1) & (caps < cap)  # away from both bounds, m − 1 ∝ rank^−α (±1 rounding)
+    rank = torch.arange(1, n + 1, dtype=torch.float64)[free]
+    if int(free.sum()) > 4:
+        c = (caps[free] - 1).double()
+        fit = c[0] * (rank / rank[0]).pow(-alpha)
+        assert float(((c - fit).abs() / fit.clamp_min(1)).max()) < 0.5
+
+
+def test_feature_choice_zipf_caps_bind_by_usage_rank():
+    sae = FeatureChoiceSAE(D_IN, FeatureChoiceConfig(d_sae=D_SAE, k=K))
+    with torch.no_grad():  # latent 5 is the most used, latent 9 the second
+        sae.usage.copy_(torch.rand(D_SAE, generator=torch.Generator().manual_seed(1)) * 0.01)
+        sae.usage[5], sae.usage[9] = 0.5, 0.4
+    caps = sae.caps(BATCH)
+    assert int(caps.sum()) == K * BATCH
+    assert int(caps[5]) == int(caps.max()) and int(caps[9]) == int(caps.sort().values[-2])
+    # Inputs on which every latent would like every token: the caps bind exactly.
+    x = torch.randn(BATCH, D_IN, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        sae.b_enc.fill_(100.0)
+    sel = sae._allocate(x - sae.b_dec)
+    assert torch.equal(torch.bincount(sel.feat, minlength=D_SAE), caps)
+    assert sel.feat.numel() == K * BATCH
+
+
+def test_zipf_target_is_exact_on_zipf_usage_and_aux_is_off():
     usage = 0.3 * torch.arange(1, 201).float() ** -0.8
     usage = usage[torch.randperm(200, generator=torch.Generator().manual_seed(0))]
     torch.testing.assert_close(zipf_target(usage, 0.5), usage)
-    latents, n_tok = aux_allocation(usage, 1024, 0.5, max_features=100)
-    assert latents.numel() == 0
+    dying, n_tok = dying_allocation(usage, None, 1024, 0.5, 0.1, max_features=100)
+    assert dying.numel() == 0
     x = torch.randn(8, 4)
     W = torch.randn(4, 200)
-    assert aux_zipf_loss(x, x, W, torch.zeros(200), W.t(), latents, n_tok) is None
+    none = torch.zeros(0, dtype=torch.long)
+    assert aux_zipf_loss(x, x, W, torch.zeros(200), W.t(), none, 2, dying, n_tok) is None
 
 
-def test_aux_allocation_targets_the_tail_shortfall():
+def _zipf_sae(**cfg) -> MutualChoiceSAE:
+    sae = MutualChoiceSAE(D_IN, MutualChoiceConfig(d_sae=D_SAE, k=K, **cfg),
+                          generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        sae.b_enc.copy_(0.2 * torch.randn(D_SAE, generator=torch.Generator().manual_seed(8)))
+    return sae
+
+
+def test_aux_zipf_equals_auxk_when_only_dead_latents_fall_short():
+    """A target flat over the dead latents (alive ones on the law): aux_zipf_loss is AuxK."""
+    sae = _zipf_sae()
+    x = varied_data(BATCH)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[torch.randperm(D_SAE, generator=torch.Generator().manual_seed(9))[:40]] = True
+    usage = 0.3 * torch.arange(1, D_SAE + 1).float() ** -0.8
+    usage[dead] = 0.0
+    usage[~dead] = 0.3 * torch.arange(1, int((~dead).sum()) + 1).float() ** -0.8
+    dying, n_tok = dying_allocation(usage, dead, BATCH, 0.5, 0.1, max_features=100)
+    assert dying.numel() == 0  # zero usage, but dead: AuxK's job
+    x_c = x - sae.b_dec
+    e = torch.randn(BATCH, D_IN, generator=torch.Generator().manual_seed(10))
+    ours = aux_zipf_loss(x_c, e, sae.W_enc, sae.b_enc, sae.W_dec, dead.nonzero().squeeze(1),
+                         sae.k_aux, dying, n_tok)
+    auxk = sae._auxk(x_c, e, dead)
+    assert ours is not None and torch.equal(ours, auxk)
+    # and through the SAE's own loss, with the usage buffer set to that law
+    sae.eval()
+    with torch.no_grad():
+        sae.usage.copy_(usage)
+    parts = sae.loss(x, SimpleNamespace(dead_mask=dead)).parts
+    topk_twin = BatchTopKSAE(D_IN, BatchTopKConfig(d_sae=D_SAE, k=K)).eval()
+    topk_twin.load_state_dict({k: v for k, v in sae.state_dict().items()
+                               if k in topk_twin.state_dict()})
+    twin = topk_twin.loss(x, SimpleNamespace(dead_mask=dead)).parts
+    assert torch.equal(parts["aux_zipf"], twin["auxk"])
+
+
+def test_dead_and_dying_latents_never_get_a_zero_allocation():
     rank = torch.arange(1, 201).float()
     usage = 0.3 * rank**-0.8
     target = usage.clone()
-    usage[-20:] *= 0.25  # dying latents, below the fitted law
-    usage[-5:] = 0.0  # dead ones
-    latents, n_tok = aux_allocation(usage, 1024, 0.5, max_features=100)
-    assert set(latents.tolist()) == set(range(180, 200))
-    expect = ((target - usage) * 1024).round().long()[180:]  # dead ones tie: compare sorted
-    assert n_tok.sort().values.tolist() == expect.sort().values.tolist()
-    assert n_tok[0] == n_tok.max()  # most short first
-    three = aux_allocation(usage, 1024, 0.5, max_features=3)[1]
-    assert torch.equal(three, n_tok[:3])  # a cap keeps the most short
+    usage[-20:] *= 0.05  # dying: 20x below the fitted law, some near the tail (~1e-4 · B < 1)
+    usage[-5:] = 0.0  # silent, not yet past the dead window: dying too
+    dying, n_tok = dying_allocation(usage, None, 1024, 0.5, 0.1, max_features=100)
+    assert set(dying.tolist()) == set(range(180, 200))
+    assert int(n_tok.min()) >= 1
+    expect = ((target - usage) * 1024).ceil().long()[dying]
+    assert torch.equal(n_tok, expect)
+    # A dead mask takes latents out of the dying group (AuxK covers them on every token).
+    dead = torch.zeros(200, dtype=torch.bool)
+    dead[-5:] = True
+    d2, _ = dying_allocation(usage, dead, 1024, 0.5, 0.1, max_features=100)
+    assert set(d2.tolist()) == set(range(180, 195))
+    three, n3 = dying_allocation(usage, None, 1024, 0.5, 0.1, max_features=3)
+    assert set(three.tolist()) <= set(range(195, 200))  # the furthest below the law first
+
+
+def test_healthy_latents_get_no_aux_loss():
+    """Scatter around the law (the old rule sent half the head to aux every step): off."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.exp(0.3 * torch.randn(4608, generator=g))
+    usage = 0.3 * torch.arange(1, 4609).float() ** -0.8 * noise
+    dying, _ = dying_allocation(usage, None, 4096, 0.5, 0.1, max_features=288)
+    assert dying.numel() == 0
 
 
 def test_aux_zipf_loss_pulls_an_under_used_latent_towards_the_residual():
@@ -169,7 +277,9 @@ def test_aux_zipf_loss_pulls_an_under_used_latent_towards_the_residual():
     b_enc = torch.zeros(2, requires_grad=True)
     x_c = torch.tensor([[0.0, 0.5, 0.0, 0.0], [0.0, 0.2, 1.0, 0.0], [3.0, -1.0, 0.0, 0.0]])
     e = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    loss = aux_zipf_loss(x_c, e, W_enc, b_enc, W_dec, torch.tensor([1]), torch.tensor([2]))
+    none = torch.zeros(0, dtype=torch.long)
+    loss = aux_zipf_loss(x_c, e, W_enc, b_enc, W_dec, none, 2, torch.tensor([1]),
+                         torch.tensor([2]))
     # Latent 1 takes its 2 best tokens (0 and 1): ê = [0.5, 0.2] along e_1.
     expected = ((2 - 0.5) ** 2 + (1 - 0.2) ** 2 + 1.0) / (4 + 1 + 1)
     assert float(loss.detach()) == pytest.approx(expected)
@@ -254,7 +364,9 @@ def test_state_dict_carries_the_calibration(name):
     ("config", "kwargs"),
     [(BatchTopKConfig, {"k": 0}), (MutualChoiceConfig, {"k": 200}),
      (BatchTopKConfig, {"threshold_decay": 1.0}), (MutualChoiceConfig, {"zipf_fit_frac": 0.0}),
-     (FeatureChoiceConfig, {"capacity": 0.5}), (FeatureChoiceConfig, {"aux_features": 0})],
+     (FeatureChoiceConfig, {"capacity": 0.5}), (FeatureChoiceConfig, {"aux_features": 0}),
+     (FeatureChoiceConfig, {"zipf_exponent": -1.0}),
+     (MutualChoiceConfig, {"dying_ratio": 2.0})],
 )
 def test_bad_config_is_one_line(config, kwargs):
     with pytest.raises(UserError) as err:

@@ -124,6 +124,28 @@ def test_first_gradients_fix_the_normaliser_and_the_export_folds_it():
         assert torch.equal(loaded.encode_with_grad(x, grad), sae.encode_with_grad(x, grad))
 
 
+def test_raw_gradients_keep_their_units_and_match_a_rescaled_beta():
+    x, grad = _data()
+    grad = grad * 1e-3
+    raw = GSAE(D_IN, GSAEConfig(d_sae=D_SAE, k=K, beta=50.0, effect_bf16=False,
+                                grad_norm="raw"), generator=torch.Generator().manual_seed(0))
+    raw.loss(x, SimpleNamespace(step=0, dead_mask=None, grad=grad))
+    assert float(raw.grad_scale) == 1.0
+    assert raw.export_saelens(1.0)[1]["gsae_beta_raw"] == 50.0
+    unit = GSAE(D_IN, GSAEConfig(d_sae=D_SAE, k=K, beta=1.0, effect_bf16=False),
+                generator=torch.Generator().manual_seed(0))
+    unit.loss(x, SimpleNamespace(step=0, dead_mask=None, grad=grad))
+    # β_raw = β·s_g selects exactly what unit-mean normalisation with β does.
+    twin = GSAE(D_IN, GSAEConfig(d_sae=D_SAE, k=K, beta=float(unit.grad_scale),
+                                 effect_bf16=False, grad_norm="raw"))
+    twin.load_state_dict({**unit.state_dict(), "grad_scale": torch.ones(())})
+    with torch.no_grad():
+        pre = unit._pre(x - unit.b_dec)
+        a = unit.gradient_topk(pre, grad).sort(dim=1).values
+        b = twin.gradient_topk(pre, grad).sort(dim=1).values
+    assert torch.equal(a, b)
+
+
 def test_config_rejects_a_bad_beta():
     with pytest.raises(UserError, match="beta"):
         GSAEConfig(beta=-1.0)

@@ -13,7 +13,7 @@ from store.errors import UserError
 from store.sources import InMemorySource
 from trainers.config import TrainConfig
 from trainers.loop import train_saes
-from trainers.mp import MPSAE, MPConfig, pursue
+from trainers.mp import MPSAE, MPConfig, _apply_stops, pursue
 from trainers.protocol import SparseCoder
 from trainers.saelens_format import load_sae, save_sae
 from trainers.sparse import decode_rows
@@ -26,6 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _sae(d_sae: int = 48, k: int = 6, seed: int = 0, **cfg) -> MPSAE:
     g = torch.Generator().manual_seed(seed)
     cfg.setdefault("select_bf16", False)  # exact MP; the bf16 picks have their own test
+    cfg.setdefault("decoder_bias", True)  # a nonzero b_dec exercises the centring
+    cfg.setdefault("stop_on_duplicate_support", False)  # T full steps, as naive_mp takes
     sae = MPSAE(D_IN, MPConfig(d_sae=d_sae, k=k, **cfg), generator=g)
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(D_IN, generator=g))
@@ -167,6 +169,7 @@ def test_export_agrees_with_saelens_and_round_trips(tmp_path):
     theirs, back = SAE.load_from_disk(str(folder)), load_sae(folder)
     assert isinstance(back, MPSAE) and isinstance(back, SparseCoder)
     assert theirs.cfg.stop_on_duplicate_support is False and theirs.cfg.max_iterations == 10
+    assert isinstance(back, MPSAE) and back.cfg.stop_on_duplicate_support is False
     raw = _x(100) / scale
     with torch.no_grad():
         ours = sae.encode(raw * scale) / scale
@@ -187,11 +190,112 @@ def test_training_reduces_fvu(tmp_path):
     x = torch.zeros(4096, 32).scatter_(1, sel, coef) @ atoms + 2.0
     train = TrainConfig(tokens=60 * 128, batch_size=128, log_every=10, progress=False)
     meta = {"model": "synthetic", "hook": "blocks.0.hook_resid_post", "d_in": D_IN}
-    (out,) = train_saes(InMemorySource(x), [MPConfig(d_sae=48, k=3)], [tmp_path / "mp"], meta,
-                        train)
+    (out,) = train_saes(InMemorySource(x), [MPConfig(d_sae=48, k=3, decoder_bias=True)],
+                        [tmp_path / "mp"], meta, train)
     curves = pq.read_table(out / "curves.parquet").to_pylist()
     assert curves[-1]["fvu"] < 0.7 * curves[0]["fvu"]
     assert 0 < curves[-1]["l0"] <= 3
     sae = load_sae(out)
     with torch.no_grad():
         assert _fvu(x, sae(x)) < 0.5
+
+
+def test_defaults_are_the_released_code():
+    """Costa et al.'s released MP-SAE: stop on an unchanged support, no decoder bias."""
+    cfg = MPConfig()
+    assert cfg.stop_on_duplicate_support and not cfg.decoder_bias and cfg.cap_steps
+    sae = MPSAE(D_IN, MPConfig(d_sae=48, k=4))
+    assert "b_dec" not in dict(sae.named_parameters()) and float(sae.b_dec.abs().sum()) == 0
+    with pytest.raises(UserError, match="stopping rule"):
+        MPConfig(cap_steps=False, stop_on_duplicate_support=False)
+
+
+def _two_atom_sae() -> tuple[MPSAE, torch.Tensor]:
+    """Two atoms 120° apart and x in their cone: MP picks one, the other, then the first again
+    (the second step's residual still leans on the first atom, as the angle is obtuse)."""
+    sae = _sae(d_sae=8, k=8, stop_on_duplicate_support=True, decoder_bias=False)
+    W = torch.eye(8, D_IN)
+    W[1] = -0.5 * W[0] + (0.75**0.5) * W[1]
+    W[2:] = -W[2:]  # the other atoms anti-correlate with x: never picked
+    with torch.no_grad():
+        sae.W_dec.copy_(W)
+        sae.b_dec.zero_()
+    return sae, (1.0 * W[0] + 0.8 * W[1])[None]
+
+
+def test_stops_on_a_repick_and_matches_saelens():
+    sae, x = _two_atom_sae()
+    idx, vals, _ = pursue(x, sae.W_dec.detach(), None, sae.cfg)
+    assert idx[0, :3].tolist() == [0, 1, 0] and float(vals[0, 2]) > 0  # the re-pick is kept
+    assert float(vals[0, 3:].abs().sum()) == 0  # ... and ends the pursuit
+    theirs = _encode_matching_pursuit(x, sae.W_dec, 0.0, 8, True)
+    assert torch.allclose(sae.encode(x), theirs, atol=1e-6)
+    free = MPSAE(D_IN, MPConfig(d_sae=8, k=8, stop_on_duplicate_support=False))
+    free.load_state_dict(sae.state_dict())
+    assert free.encode(x)[0, 0] > sae.encode(x)[0, 0]  # without the rule it goes on
+
+
+@pytest.mark.parametrize(("dup", "threshold"), [(True, 0.0), (False, 6.0), (True, 6.0)])
+def test_post_hoc_stops_equal_the_sequential_rules(dup, threshold):
+    """The bf16 training path runs all T steps and truncates; that equals stopping in the loop."""
+    x = _x(300)
+    stopping = _sae(d_sae=24, k=12, stop_on_duplicate_support=dup, residual_threshold=threshold)
+    free = _sae(d_sae=24, k=12)  # same seed: same atoms and b_dec
+    x_c = x - free.b_dec.detach()
+    W = free.W_dec.detach()
+    idx, vals, _ = pursue(x_c, W, None, free.cfg)
+    _apply_stops(x_c, idx, vals, stopping.cfg)
+    ref_idx, ref_vals, _ = pursue(x_c, W, None, stopping.cfg)
+    assert (ref_vals == 0).any()  # some token did stop
+    live = ref_vals > 0
+    assert torch.equal(vals > 0, live) and torch.equal(idx[live], ref_idx[live])
+    assert torch.allclose(vals, ref_vals, atol=1e-5)
+
+
+def test_bf16_training_path_applies_the_stops():
+    from trainers.precision import fast_bf16
+
+    if not fast_bf16(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16: training picks stay exact")
+    sae = _sae(d_sae=24, k=12, select_bf16=True, stop_on_duplicate_support=True)
+    idx, vals, _ = pursue((_x(300) - sae.b_dec).detach(), sae.W_dec.detach(), sae.gram(300, True),
+                          sae.cfg, low_precision=True)
+    # After a token's first repeated atom, nothing: the support never changes after a stop.
+    for row_i, row_v in zip(idx.tolist(), vals.tolist(), strict=True):
+        seen: set[int] = set()
+        for i, v in zip(row_i, row_v, strict=True):
+            if not v:
+                break
+            if i in seen:
+                assert all(w == 0 for w in row_v[row_i.index(i, len(seen)) + 1:])
+                break
+            seen.add(i)
+    assert (vals == 0).any() and (vals > 0).sum(1).float().mean() < 12
+
+
+def test_uncapped_pursuit_runs_past_k_and_exports_exactly(tmp_path):
+    sae = _sae(d_sae=48, k=4, residual_threshold=2.0, cap_steps=False,
+               stop_on_duplicate_support=True)
+    x = _x(100)
+    with torch.no_grad():
+        codes = sae.encode(x)
+    assert (codes > 0).sum(1).max() > 4  # more atoms than the T of training
+    scale = 2.0
+    folder = _folder(tmp_path, sae, scale)
+    theirs = SAE.load_from_disk(str(folder))
+    assert theirs.cfg.max_iterations == D_IN
+    with torch.no_grad():
+        assert torch.allclose(theirs.encode(x / scale), codes / scale, atol=1e-5)
+        assert torch.allclose(load_sae(folder).encode(x / scale), codes / scale, atol=1e-5)
+
+
+def test_no_bias_training_keeps_b_dec_at_zero_and_loads_in_saelens(tmp_path):
+    x = _x(2048)
+    train = TrainConfig(tokens=10 * 128, batch_size=128, log_every=5, progress=False)
+    meta = {"model": "synthetic", "hook": "blocks.0.hook_resid_post", "d_in": D_IN}
+    (out,) = train_saes(InMemorySource(x), [MPConfig(d_sae=48, k=3)], [tmp_path / "mp"], meta,
+                        train)
+    theirs = SAE.load_from_disk(str(out))
+    assert float(theirs.b_dec.abs().sum()) == 0 and theirs.cfg.stop_on_duplicate_support
+    with torch.no_grad():
+        assert torch.allclose(theirs.encode(x[:64]), load_sae(out).encode(x[:64]), atol=1e-5)

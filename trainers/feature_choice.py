@@ -2,14 +2,17 @@
 Choice Sparse Autoencoders", arXiv 2411.02124).
 
 Token-latent matching as resource allocation (§3) with a budget of k·B matches per batch and the
-extra constraint that each latent matches at most m tokens: each latent picks its m best tokens
-(as experts do in expert-choice routing, Zhou et al. 2022), so tokens get variable counts and
-no latent can hog the budget or starve. With capacity 1, m = k·B/d_sae and every latent has the
-same share; a larger capacity lets the best k·B of the latents' candidates win. The aux loss is
-aux_zipf_loss (trainers/aux_zipf.py).
+extra constraint that latent i matches at most m_i tokens: each latent picks its m_i best
+tokens (as experts do in expert-choice routing, Zhou et al. 2022), so tokens get variable
+counts and no latent can hog the budget or starve. The aux loss is aux_zipf_loss
+(trainers/aux_zipf.py).
 
-The paper's reviewers mention Zipf-shaped per-latent caps m_i; we have not been able to check
-its text and use one uniform cap (the design's own default), which a capacity > 1 loosens.
+Caps (`caps`): by default Zipf-shaped over latents, as the paper's public reviews describe:
+m at usage rank r ∝ r^(−zipf_exponent), Σ m_i = k·B exactly, each m_i ≥ 1 and ≤ B. Ranks come
+from each latent's running density (the `usage` buffer), so a latent that is used more may take
+more tokens. What is ours: the exponent (1, classic Zipf), ranking by running density, and the
+"1 + Zipf share of the rest" rounding. `cap_dist="uniform"` gives every latent m = ⌈k·B/d_sae⌉,
+as before. A capacity > 1 multiplies every cap and lets the best k·B candidates win.
 
 Inference: a PER-LATENT threshold θ_i, the calibrated cut between the last token latent i kept
 and the first it rejected (so it fires on about its training share of tokens), exported as
@@ -20,9 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from store.errors import UserError
@@ -34,41 +38,88 @@ from trainers.batch_select import Selection, to_csr
 class FeatureChoiceConfig(ZipfAuxConfig):
     """Hyperparameters of one feature choice SAE."""
 
+    cap_dist: Literal["zipf", "uniform"] = "zipf"
+    """How the k·B budget is split into per-latent caps m_i: a Zipf law over latents ranked by
+    running density (the paper, per its reviews), or one uniform cap ⌈k·B/d_sae⌉."""
+    zipf_exponent: float = 1.0
+    """Exponent α of the Zipf caps, m ∝ rank^(−α); 0 is uniform (ours: classic Zipf)."""
     capacity: float = 1.0
-    """Each latent takes at most m = ceil(capacity·k·B/d_sae) tokens per batch (Ayonrinde, §3)."""
+    """Caps are multiplied by this; above 1 the budget k·B, not the caps, binds (Ayonrinde, §3)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.capacity >= 1:
             raise UserError(f"capacity ({self.capacity}) must be at least 1")
+        if self.cap_dist not in ("zipf", "uniform"):
+            raise UserError(f"cap_dist ({self.cap_dist!r}) must be zipf or uniform")
+        if not (math.isfinite(self.zipf_exponent) and self.zipf_exponent >= 0):
+            raise UserError(f"zipf_exponent ({self.zipf_exponent}) must be a number >= 0")
+
+
+def zipf_caps(n: int, total: int, exponent: float, max_cap: int) -> Int[Tensor, " n"]:
+    """Integer caps by rank (rank 1 first): each ≥ 1 and ≤ max_cap, summing to `total`, the rest
+    above 1 shared ∝ rank^(−exponent) (water-filling: a share over max_cap is spread on)."""
+    if not n <= total <= n * max_cap:
+        raise UserError(f"feature choice: a budget of {total} matches cannot give each of {n} "
+                        f"latents between 1 and {max_cap} tokens")
+    w = torch.arange(1, n + 1, dtype=torch.float64).pow(-exponent)
+    share = torch.zeros(n, dtype=torch.float64)
+    free, rest = torch.ones(n, dtype=torch.bool), float(total - n)
+    room = float(max_cap - 1)
+    while True:  # at most a few rounds: each one fixes the head latents at the cap
+        share[free] = rest * w[free] / w[free].sum()
+        over = free & (share > room)
+        if not over.any():
+            break
+        share[over], free = room, free & ~over
+        rest = float(total - n) - room * float((~free).sum())
+    caps = share.floor()
+    left = int(total - n - caps.sum())  # largest remainders get the leftover units
+    if left:
+        frac = torch.where(caps < room, share - caps, -1.0)
+        caps[frac.topk(left).indices] += 1
+    return (caps + 1).long()
 
 
 def capped_topk(
     W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"],
-    x_c: Float[Tensor, "tokens d_in"], m: int, n: int,
+    x_c: Float[Tensor, "tokens d_in"], caps: Int[Tensor, " d_sae"], n: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Each latent's m best tokens, then the n best of those.
+    """Each latent i's caps[i] best tokens, then the n best of those.
 
     Returns (tokens, latents, values, per-latent cut, global cut). Works on preᵀ [d_sae, tokens]:
     a topk along contiguous rows is 2x faster than along columns, and W_enc's column-major
-    layout makes preᵀ the same GEMM as pre.
+    layout makes preᵀ the same GEMM as pre. Latents are grouped by cap into power-of-two
+    widths, so the few Zipf head latents with caps near B cost a sort and the tail does not.
     """
     pre_t = torch.addmm(b_enc[:, None], W_enc.t(), x_c.t())
-    n_tokens = pre_t.shape[1]
-    vals, tok = pre_t.topk(min(m + 1, n_tokens), dim=1)  # [d_sae, m + 1], sorted
-    # Each latent's cut is midway between its last kept and first rejected value. With m of
-    # a few tokens, the mean of the m-th largest alone sits high: the calibrated latent then
-    # fires on ~m − ½ tokens per batch (for exponential tails), 10-20% short of training's L0.
-    per_latent = vals[:, m - 1] if m == n_tokens else (vals[:, m - 1] + vals[:, m]) / 2
-    vals, tok = vals[:, :m], tok[:, :m]
-    feat = torch.arange(pre_t.shape[0], device=pre_t.device)[:, None].expand(-1, m)
-    vals, tok, feat = vals.reshape(-1), tok.reshape(-1), feat.reshape(-1)
-    cut = vals.new_tensor(-math.inf)
-    if vals.numel() > n:  # capacity > 1: the budget binds before the caps do
-        top = vals.topk(n, sorted=False)
-        cut, vals = top.values.min(), top.values
+    n_latents, n_tokens = pre_t.shape
+    caps = caps.clamp(1, n_tokens)
+    per_latent = pre_t.new_empty(n_latents)
+    width = (caps + 1).clamp_max(n_tokens)
+    group = torch.ceil(torch.log2(width.double())).long()
+    toks, feats, vals = [], [], []
+    for g in group.unique().tolist():
+        ids = (group == g).nonzero().squeeze(1)
+        m = caps[ids]
+        v, t = pre_t.index_select(0, ids).topk(int(width[ids].max()), dim=1)  # sorted
+        # Each latent's cut is midway between its last kept and first rejected value. With m of
+        # a few tokens, the m-th largest alone sits high: the calibrated latent then fires on
+        # ~m − ½ tokens per batch (for exponential tails), 10-20% short of training's L0.
+        last = v.gather(1, (m - 1)[:, None]).squeeze(1)
+        nxt = v.gather(1, m.clamp_max(v.shape[1] - 1)[:, None]).squeeze(1)
+        per_latent[ids] = torch.where(m < n_tokens, (last + nxt) / 2, last)
+        keep = torch.arange(v.shape[1], device=v.device)[None, :] < m[:, None]
+        toks.append(t[keep])
+        vals.append(v[keep])
+        feats.append(ids[:, None].expand_as(keep)[keep])
+    tok, feat, val = torch.cat(toks), torch.cat(feats), torch.cat(vals)
+    cut = val.new_tensor(-math.inf)
+    if val.numel() > n:  # capacity > 1: the budget binds before the caps do
+        top = val.topk(n, sorted=False)
+        cut, val = top.values.min(), top.values
         tok, feat = tok[top.indices], feat[top.indices]
-    return tok, feat, vals, per_latent, cut
+    return tok, feat, val, per_latent, cut
 
 
 class FeatureChoiceSAE(ZipfAuxSAE):
@@ -80,13 +131,30 @@ class FeatureChoiceSAE(ZipfAuxSAE):
         super().__init__(d_in, cfg, generator=generator, per_feature=True)
 
     def cap(self, n_tokens: int) -> int:
-        """m: the most tokens one latent may take from a batch of n_tokens."""
+        """The uniform cap m = ⌈capacity·k·B/d_sae⌉ (cap_dist="uniform")."""
         return min(n_tokens, math.ceil(self.cfg.capacity * self.k * n_tokens / self.d_sae))
+
+    def caps(self, n_tokens: int) -> Int[Tensor, " d_sae"]:
+        """m_i: the most tokens latent i may take from a batch of n_tokens."""
+        device = self.usage.device
+        if self.cfg.cap_dist == "uniform" or self.cfg.zipf_exponent == 0:
+            return torch.full((self.d_sae,), self.cap(n_tokens), device=device)
+        total = math.ceil(self.cfg.capacity * self.k * n_tokens)
+        # A batch too small for one match per latent (k·B < d_sae) still gives each latent one.
+        total = min(max(total, self.d_sae), self.d_sae * n_tokens)
+        key = (total, n_tokens, device)
+        if getattr(self, "_by_rank", (None,))[0] != key:  # the same every step: computed once
+            self._by_rank = (key, zipf_caps(self.d_sae, total, self.cfg.zipf_exponent,
+                                            n_tokens).to(device))
+        by_rank = self._by_rank[1]
+        # Stable, so ties (e.g. at the first step, when every usage is 0) rank by latent id.
+        order = self.usage.argsort(descending=True, stable=True)
+        return torch.empty_like(by_rank).scatter_(0, order, by_rank)
 
     def _allocate(self, x_c: Tensor) -> Selection:
         n_tokens = x_c.shape[0]
         tok, feat, vals, per_latent, cut = capped_topk(
-            self.W_enc, self.b_enc, x_c, self.cap(n_tokens), self.k * n_tokens)
+            self.W_enc, self.b_enc, x_c, self.caps(n_tokens), self.k * n_tokens)
         feat, vals, offsets = to_csr(tok, feat, vals, n_tokens)
         # Latent i kept the entries above both its own m-th value and the global cut; ≤ 0
         # means it fired on everything positive, which θ_i = 0 reproduces.

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -45,7 +45,13 @@ class GSAEConfig(TopKConfig):
 
     beta: float = 1.0
     """β, the weight of the gradient term in the selection score (Olmo et al. 2024, §3); 0 is
-    plain TopK. The gradient is normalised to mean norm √d_in first, so β is unit-free."""
+    plain TopK. With grad_norm="unit_mean" the gradient is normalised to mean norm √d_in
+    first, so β is unit-free."""
+
+    grad_norm: Literal["unit_mean", "raw"] = "unit_mean"
+    """How the gradient enters the score: "unit_mean" rescales it by one constant s_g (fixed
+    on the first batch) to mean norm √d_in (ours); "raw" uses dL/dx as cached, in the model's
+    units, where β = 1 is a ~1% tilt on SmolLM2 and β must be ~100× larger to matter."""
 
     effect_bf16: bool = True
     """Compute the selection's gradient term in bfloat16 where that is fast (CUDA, or a CPU
@@ -55,6 +61,8 @@ class GSAEConfig(TopKConfig):
         super().__post_init__()
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise UserError(f"--beta ({self.beta}) must be a finite number >= 0")
+        if self.grad_norm not in ("unit_mean", "raw"):
+            raise UserError(f"grad_norm ({self.grad_norm!r}) must be unit_mean or raw")
 
 
 class GSAE(TopKSAE):
@@ -83,6 +91,8 @@ class GSAE(TopKSAE):
 
     @torch.no_grad()
     def _scaled(self, grad: Tensor) -> Tensor:
+        if float(self.grad_scale) == 0.0 and self.cfg.grad_norm == "raw":
+            self.grad_scale.fill_(1.0)
         if float(self.grad_scale) == 0.0:
             mean_norm = grad.float().norm(dim=-1).mean().clamp_min(1e-12)
             self.grad_scale.fill_(math.sqrt(self.d_in) / float(mean_norm))

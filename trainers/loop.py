@@ -241,7 +241,8 @@ def _init_b_dec(members: list[Member], x: Tensor, how: str) -> None:
     # et al. 2023), so the encoder sees centred inputs from the first step.
     centre = geometric_median(x) if how == "geometric_median" else x.mean(0)
     for m in members:
-        m.sae.b_dec.copy_(centre)
+        if isinstance(m.sae.b_dec, nn.Parameter):  # MP without a decoder bias keeps its zeros
+            m.sae.b_dec.copy_(centre)
 
 
 def _save_checkpoint(members: list[Member], step: int, scale: float) -> None:

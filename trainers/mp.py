@@ -9,6 +9,13 @@ decoder atoms d_j (rows of W_dec), and training backpropagates through the steps
 
 These are the semantics of SAELens's `matching_pursuit`, so our folders load there unchanged.
 
+As the authors release it (`mpsae/MP-SAE`, `sae.py`): a token stops when a step leaves its
+support unchanged (it re-picks an atom, or the best value is 0) or when ‖r‖ falls below
+`residual_threshold`; there is no decoder bias (b_dec is then a zero buffer). Ours, as
+options: a learned b_dec (`decoder_bias`), and the step count T = k as a cap (`cap_steps`;
+the authors' code has none). With the cap off a token runs until a rule stops it, at most d_in
+steps (SAELens's default bound) — the adaptive sparsity the paper advertises.
+
 Speed: the textbook loop costs T dense [tokens, d_sae]×[d_sae, d_in] products. Here the
 correlations c = r·W_decᵀ are computed once and updated through the Gram matrix
 G = W_dec·W_decᵀ (c ← c − a_t·G[i_t]: d_sae per token-step), without grad, in token chunks that
@@ -44,16 +51,22 @@ class MPConfig:
     d_sae: int = 4608
     """Number of latents (dictionary atoms)."""
     k: int = 32
-    """Pursuit steps T: every token takes T steps in training, at most T at inference."""
+    """Pursuit steps T: a token takes at most T steps (see `cap_steps`)."""
     residual_threshold: float = 0.0
-    """Stop a token once its residual norm falls below this (in training units; 0 = never):
-    the paper's adaptive sparsity at inference. Applied in training too, as SAELens does."""
-    stop_on_duplicate_support: bool = False
-    """Stop a token when a step leaves its support unchanged (SAELens's option; off in the
-    paper, where MP may pick an atom again)."""
+    """Stop a token once its residual norm falls below this (in training units, where the mean
+    ‖x‖ is √d_in; 0 = never), in training and at inference, as the authors' code and SAELens do.
+    Their toy value, 0.05, never triggers at our scale, so the default is off."""
+    stop_on_duplicate_support: bool = True
+    """Stop a token when a step leaves its support unchanged (a re-picked atom, or a zero
+    value): always on in the authors' released code, SAELens's default."""
+    decoder_bias: bool = False
+    """Learn a decoder bias b_dec (ours; initialised at the geometric median). Off as in both
+    official implementations: b_dec is then a zero buffer."""
+    cap_steps: bool = True
+    """Cap the steps at T = k. Off: at most d_in steps, stopped only by the two rules above."""
     select_bf16: bool = True
-    """In training without early stops, pick atoms from bf16 correlations where bf16 is fast
-    (a weak-MP step: the atom is best up to bf16 rounding); values stay exact. Inference is
+    """In training, pick atoms from bf16 correlations where bf16 is fast (a weak-MP step: the
+    atom is best up to bf16 rounding); values and stopping rules stay exact. Inference is
     always exact fp32 MP."""
 
     def __post_init__(self) -> None:
@@ -61,6 +74,9 @@ class MPConfig:
             raise UserError(f"--k ({self.k}) and --width ({self.d_sae}) must be positive")
         if not self.residual_threshold >= 0:
             raise UserError(f"--residual-threshold ({self.residual_threshold}) must be >= 0")
+        if not (self.cap_steps or self.stop_on_duplicate_support or self.residual_threshold > 0):
+            raise UserError("matching pursuit with cap_steps off needs a stopping rule: "
+                            "stop_on_duplicate_support or a residual_threshold > 0")
 
 
 @torch.no_grad()
@@ -71,9 +87,10 @@ def pursue(
     """Greedy MP without grad: indices, values (0 after a token stops) and, if asked, the
     selected atoms' Gram block [tokens, k, k] (entry [t, s] = ⟨d_{i_t}, d_{i_s}⟩ for s < t).
 
-    `low_precision` (no early stops): correlations from a bf16 product, so each pick is the
-    best atom up to bf16 rounding (weak MP); values and block are then recomputed exactly."""
-    n, T = x_c.shape[0], cfg.k
+    `low_precision`: correlations from a bf16 product, so each pick is the best atom up to bf16
+    rounding (weak MP); values and block are then recomputed exactly, and the stopping rules
+    applied to the exact values afterwards (`_apply_stops`)."""
+    n, T = x_c.shape[0], steps(cfg, x_c.shape[1])
     idx = torch.zeros(n, T, dtype=torch.long, device=x_c.device)
     vals = x_c.new_zeros(n, T)
     block = x_c.new_zeros(n, T, T) if with_gram else None
@@ -93,7 +110,33 @@ def pursue(
                       padded[:m], rows[:m], low_precision)
         if low_precision:
             _exact_values(x_c[sl], W, idx[sl], vals[sl], part)
+            _apply_stops(x_c[sl], idx[sl], vals[sl], cfg)
     return idx, vals, block
+
+
+def steps(cfg: MPConfig, d_in: int) -> int:
+    """The most steps a token may take: T = k, or d_in with the cap off (SAELens's bound)."""
+    return cfg.k if cfg.cap_steps else max(d_in, cfg.k)
+
+
+def _apply_stops(x_c: Tensor, idx: Tensor, vals: Tensor, cfg: MPConfig) -> None:
+    """Zero every step after the one where a stopping rule fires, from exact values alone.
+
+    The picks before a token stops do not depend on the rules, so running all steps and
+    truncating gives the sequential loop's codes. With unit-norm atoms and a_t = ⟨r_t, d_{i_t}⟩,
+    ‖r_{t+1}‖² = ‖r_t‖² − a_t², so the residual norms need no residual."""
+    stop = torch.zeros_like(vals, dtype=torch.bool)
+    if cfg.stop_on_duplicate_support:
+        T = idx.shape[1]
+        earlier = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril(-1)
+        again = (idx[:, :, None] == idx[:, None, :]) & earlier & (vals[:, None, :] > 0)
+        stop |= again.any(dim=2) | (vals == 0)
+    if cfg.residual_threshold > 0:
+        norm2 = x_c.pow(2).sum(1, keepdim=True) - vals.pow(2).cumsum(1)
+        stop |= norm2 < cfg.residual_threshold**2
+    # A step is kept when no earlier step stopped the token (the stopping step itself counts).
+    stopped_before = (stop.cumsum(1) - stop.long()) > 0
+    vals.masked_fill_(stopped_before, 0.0)
 
 
 def _exact_values(x_c: Tensor, W: Tensor, idx: Tensor, vals: Tensor,
@@ -133,7 +176,7 @@ def _pursue_chunk(r: Tensor, W: Tensor, gram: Tensor | None, cfg: MPConfig, idx:
     r = r.clone()
     live = torch.ones(n, dtype=torch.bool, device=r.device)
     stops = cfg.stop_on_duplicate_support or cfg.residual_threshold > 0
-    for t in range(cfg.k):
+    for t in range(idx.shape[1]):
         # argmax of c equals SAELens's argmax of relu(c) whenever the max is positive; when it
         # is not, both add a zero value, so the codes agree.
         i = _argmax(padded, ARGMAX_BLOCK)
@@ -233,7 +276,10 @@ class MPSAE(nn.Module):
         self.cfg, self.d_in, self.d_sae, self.k = cfg, d_in, cfg.d_sae, cfg.k
         W_dec = torch.randn(cfg.d_sae, d_in, generator=generator)
         self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=1, keepdim=True))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        if cfg.decoder_bias:
+            self.b_dec = nn.Parameter(torch.zeros(d_in))
+        else:  # the loop initialises and trains parameters only, so this stays 0
+            self.register_buffer("b_dec", torch.zeros(d_in))
         self.W_dec.register_hook(self._remove_parallel_grad)
         self._gram: tuple[Any, Tensor] | None = None
 
@@ -285,8 +331,7 @@ class MPSAE(nn.Module):
             x_c = x - self.b_dec
             W = self.W_dec.float()
             cfg = self.cfg
-            low = (cfg.select_bf16 and fast_bf16(x.device) and cfg.residual_threshold == 0
-                   and not cfg.stop_on_duplicate_support)
+            low = cfg.select_bf16 and fast_bf16(x.device)
             idx, vals, block = pursue(x_c.detach(), W.detach(), self.gram(x.shape[0], low),
                                       cfg, with_gram=True, low_precision=low)
             x_hat = _Unrolled.apply(x_c, W, idx, vals, block) + self.b_dec
@@ -305,7 +350,7 @@ class MPSAE(nn.Module):
         """SAELens `matching_pursuit` in raw units: MP is positively homogeneous, so b_dec and
         the residual threshold divide by `scale` and the codes come out divided by it too."""
         fields = {"residual_threshold": self.cfg.residual_threshold / scale,
-                  "max_iterations": self.k,
+                  "max_iterations": steps(self.cfg, self.d_in),
                   "stop_on_duplicate_support": self.cfg.stop_on_duplicate_support}
         tensors = {"W_dec": self.W_dec.detach().float().contiguous().clone(),
                    "b_dec": self.b_dec.detach().float() / scale}

@@ -90,6 +90,24 @@ def save_sae(
     _write_json(folder / CFG_FILE, cfg)
 
 
+def update_tensors(folder: Path, tensors: dict[str, Tensor]) -> None:
+    """Replace some tensors of a complete folder's weights file, atomically."""
+    folder = Path(folder)
+    current = load_file(str(folder / WEIGHTS_FILE))
+    for name, value in tensors.items():
+        if name not in current or tuple(current[name].shape) != tuple(value.shape):
+            raise UserError(f"{folder}: no tensor {name} of shape {tuple(value.shape)} to update")
+        current[name] = value.detach().float().cpu().contiguous()
+    _write_atomic(folder / WEIGHTS_FILE, lambda p: save_file(current, str(p)))
+
+
+def update_run(folder: Path, key: str, value: object) -> None:
+    """Set one entry of a folder's saebench_train.json (created if absent), atomically."""
+    path = Path(folder) / RUN_FILE
+    run = json.loads(path.read_text()) if path.is_file() else {}
+    _write_json(path, {**run, key: value})
+
+
 class JumpReLUSAE(nn.Module):
     """Inference-only JumpReLU SAE (SAELens "jumprelu"; "standard" is threshold 0).
 
@@ -178,7 +196,8 @@ def _build_mp(cfg: dict, w: dict[str, Tensor]) -> MPSAE:
         # SAELens then neither subtracts nor adds b_dec: the same as our MP with b_dec = 0.
         w["b_dec"] = torch.zeros_like(w["b_dec"])
     mp_cfg = MPConfig(d_sae=cfg["d_sae"], k=steps, residual_threshold=max(float(threshold), 0.0),
-                      stop_on_duplicate_support=bool(cfg.get("stop_on_duplicate_support", True)))
+                      stop_on_duplicate_support=bool(cfg.get("stop_on_duplicate_support", True)),
+                      decoder_bias=True)  # SAELens's b_dec, whatever it holds
     return MPSAE(cfg["d_in"], mp_cfg)
 
 

@@ -51,6 +51,26 @@ def _fvu(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
+def auxk_reconstruction(
+    x_c: Float[Tensor, "tokens d_in"], W_enc: Float[Tensor, "d_in d_sae"],
+    b_enc: Float[Tensor, " d_sae"], W_dec: Float[Tensor, "d_sae d_in"],
+    dead_idx: Int[Tensor, " n_dead"], k_aux: int,
+) -> Float[Tensor, "tokens d_in"]:
+    """AuxK's prediction of the residual: each token's top k_aux dead latents, decoded.
+
+    Computed densely over the dead columns only. Usually few latents are dead, and then the aux
+    codes are dense within them (k_aux = d_in/2 = 288 of a few hundred), where GEMMs beat row
+    gathers (on a GPU by far). Shared with aux_zipf_loss, which must contain AuxK exactly.
+    """
+    enc = W_enc.t().index_select(0, dead_idx)  # [n_dead, d_in]
+    pre = torch.addmm(b_enc.index_select(0, dead_idx), x_c, enc.t())
+    with torch.no_grad():
+        top = pre.topk(min(k_aux, dead_idx.numel()), dim=-1, sorted=False).indices
+        keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, top, True)
+    codes = torch.where(keep, pre.float().relu(), 0.0)
+    return codes @ W_dec.index_select(0, dead_idx)  # no b_dec: it is in x_hat
+
+
 class TopKSAE(nn.Module):
     """A TopK sparse autoencoder; satisfies trainers.protocol.SparseCoder."""
 
@@ -115,21 +135,12 @@ class TopKSAE(nn.Module):
     def _auxk(self, x_c: Tensor, e: Tensor, dead: Tensor | None) -> Tensor | None:
         """AuxK (Gao et al. 2024, App. A.2): the top k_aux dead latents predict the residual e.
 
-        Computed densely over the dead columns only. Usually few latents are dead, and then
-        the aux codes are dense within them (k_aux = d_in/2 = 288 of a few hundred), where
-        GEMMs beat row gathers (on a GPU by far). None, i.e. skipped, when nothing is dead.
-        """
+        None, i.e. skipped, when nothing is dead."""
         dead_idx = None if dead is None else dead.nonzero().squeeze(1)
         if dead_idx is None or dead_idx.numel() == 0:
             return None
-        enc = self.W_enc.t().index_select(0, dead_idx)  # [n_dead, d_in]
-        pre = torch.addmm(self.b_enc.index_select(0, dead_idx), x_c, enc.t())
-        k_aux = min(self.k_aux, dead_idx.numel())
-        with torch.no_grad():
-            top = pre.topk(k_aux, dim=-1, sorted=False).indices
-            keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, top, True)
-        codes = torch.where(keep, pre.float().relu(), 0.0)
-        e_hat = codes @ self.W_dec.index_select(0, dead_idx)  # no b_dec: it is in x_hat
+        e_hat = auxk_reconstruction(x_c, self.W_enc, self.b_enc, self.W_dec, dead_idx,
+                                    self.k_aux)
         return (e_hat.float() - e).pow(2).sum() / e.pow(2).sum().clamp_min(1e-12)
 
     def _select(self, pre: Tensor, ctx: Any) -> Tensor:
