@@ -194,6 +194,24 @@ def test_pca_sae_fvu_is_discarded_variance():
     assert m["l0"] == k and m["total_variance"] == pytest.approx(float(eig.sum()), rel=1e-5)
 
 
+def test_shared_baselines_change_no_metric_and_skip_the_baseline_passes(tiny, store):
+    from saebench.evals.downstream import shared_baselines
+
+    saes = [LensCoder(_lens_sae(store, seed)) for seed in (0, 1)]
+    tokens, mean = store.windows[:6], store.acts.mean(0)
+    alone = [downstream_metrics(tiny, s, TINY_HOOK, tokens, mean, 1, 3) for s in saes]
+    calls = []
+    tiny.add_hook("hook_embed", lambda act, hook: calls.append(1))  # once per forward pass
+    try:
+        with shared_baselines():
+            shared = [downstream_metrics(tiny, s, TINY_HOOK, tokens, mean, 1, 3) for s in saes]
+    finally:
+        tiny.reset_hooks()
+    assert shared == alone  # the same sums, bit for bit
+    assert alone[0]["kl_sae"] != alone[1]["kl_sae"]  # two different SAEs
+    assert len(calls) == 2 * 4 + 2 * 1  # 2 batches: all four runs, then the SAE run only
+
+
 def test_mean_ablation_with_zero_mean_is_zero_ablation(tiny, store):
     sae = identity_coder(store.meta["d_in"])
     m = downstream_metrics(tiny, sae, TINY_HOOK, store.windows[:4], torch.zeros(32), 1, 3)

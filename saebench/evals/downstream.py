@@ -23,7 +23,10 @@ run would depend on the reconstruction being measured.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -34,7 +37,27 @@ from trainers.protocol import SparseCoder
 
 Replace = Callable[[Tensor], Tensor]  # [batch, pos, d_in] -> [batch, pos, d_in]
 RUNS = ("sae", "zero_ablation", "mean_ablation")
+BASELINES = ("zero_ablation", "mean_ablation")  # runs that do not depend on the SAE
 GRAD_AWARE = "grad_aware"  # the gradient-aware run, and the prefix of its metric names
+# Inside `shared_baselines()`: clean log-probs and baseline sums per (model, tokens, hook,
+# positions, mean), so that evaluating many SAEs with one model in one process (a sweep,
+# benchmarks/arch_table.py) runs the clean and ablated passes once. Keyed weakly on the model:
+# entries die with it. Kept only while the clean log-probs stay under this many floats (2 GB).
+_BASELINE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SHARING = [False]
+MAX_CACHED_FLOATS = 500_000_000
+
+
+@contextlib.contextmanager
+def shared_baselines():
+    """Within this block, SAEs evaluated on the same model and tokens share the clean and
+    ablated runs (the SAE-independent three of the four passes); the cache empties on exit."""
+    _SHARING[0] = True
+    try:
+        yield
+    finally:
+        _SHARING[0] = False
+        _BASELINE_CACHE.clear()
 
 
 def replacements(sae: SparseCoder, mean: Float[Tensor, " d_in"]) -> dict[str, Replace]:
@@ -135,33 +158,64 @@ def downstream_metrics(
     device = next(model.parameters()).device
     runs = replacements(sae, mean)
     stats = DownstreamStats((*RUNS, GRAD_AWARE) if grad_aware else RUNS)
-    for lo in range(0, tokens.shape[0], batch_seqs):
+    cache = _baselines(model, hook, tokens, mean, first_pos, batch_seqs)
+    for i, lo in enumerate(range(0, tokens.shape[0], batch_seqs)):
         batch = tokens[lo : lo + batch_seqs].to(device)
         if grad_aware:
             _, grad = forward(model, hook, batch, with_grads=True)  # the clean gradient
             runs[GRAD_AWARE] = grad_aware_replacement(sae, grad[:, first_pos:])
-        _score_batch(model, sae.d_in, hook, batch, runs, first_pos, stats)
+        _score_batch(model, sae.d_in, hook, batch, runs, first_pos, stats,
+                     None if cache is None else cache.setdefault(i, {}))
     return stats.compute()
+
+
+def _baselines(model, hook: str, tokens: Tensor, mean: Tensor, first_pos: int,
+               batch_seqs: int) -> dict | None:
+    """This model's cache entry for these inputs: {batch index: saved runs}, or None when
+    the clean log-probs would be too big to keep."""
+    vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if not _SHARING[0] or vocab is None or tokens.numel() * vocab > MAX_CACHED_FLOATS:
+        return None
+    digest = hashlib.sha1(tokens.cpu().numpy().tobytes())
+    digest.update(mean.float().cpu().numpy().tobytes())
+    key = (hook, first_pos, batch_seqs, digest.hexdigest())
+    per_model = _BASELINE_CACHE.setdefault(model, {})
+    if len(per_model) > 2 and key not in per_model:
+        per_model.clear()  # one set of inputs at a time is what a sweep needs
+    return per_model.setdefault(key, {})
 
 
 @torch.inference_mode()
 def _score_batch(
     model, d_in: int, hook: str, batch: Tensor, runs: dict[str, Replace], first_pos: int,
-    stats: DownstreamStats,
+    stats: DownstreamStats, saved: dict | None = None,
 ) -> None:
-    """Add one batch of windows: the clean run, then each replacement run."""
-    clean = model(batch, return_type="logits").float().log_softmax(-1)
+    """Add one batch of windows: the clean run, then each replacement run. `saved` (a cache
+    entry) holds the clean log-probs and the baselines' sums from an earlier SAE, or gets them."""
+    if saved and "clean" in saved:
+        clean = saved["clean"]
+    else:
+        clean = model(batch, return_type="logits").float().log_softmax(-1)
+        if saved is not None:
+            saved["clean"] = clean
     p_clean = clean.exp()
     ce = _ce_per_token(clean, batch, first_pos)
     stats.ce["clean"] += float(ce.double().sum())
     stats.n_ce += ce.numel()
     stats.n_kl += batch.shape[0] * (batch.shape[1] - first_pos)
     for name, replace in runs.items():
-        fwd = [(hook, splice_hook(replace, first_pos, d_in))]
-        logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=fwd)
-        log_probs = logits.float().log_softmax(-1)
-        stats.ce[name] += float(_ce_per_token(log_probs, batch, first_pos).double().sum())
-        # KL(clean ‖ run) = Σ_v p_clean (log p_clean - log p_run), per position.
-        kl = (p_clean * (clean - log_probs)).sum(-1)[:, first_pos:]
-        stats.kl[name] += float(kl.double().sum())
-        del logits, log_probs
+        if saved is not None and name in saved:
+            ce_sum, kl_sum = saved[name]
+        else:
+            fwd = [(hook, splice_hook(replace, first_pos, d_in))]
+            logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=fwd)
+            log_probs = logits.float().log_softmax(-1)
+            ce_sum = float(_ce_per_token(log_probs, batch, first_pos).double().sum())
+            # KL(clean ‖ run) = Σ_v p_clean (log p_clean - log p_run), per position.
+            kl = (p_clean * (clean - log_probs)).sum(-1)[:, first_pos:]
+            kl_sum = float(kl.double().sum())
+            del logits, log_probs
+            if saved is not None and name in BASELINES:
+                saved[name] = (ce_sum, kl_sum)
+        stats.ce[name] += ce_sum
+        stats.kl[name] += kl_sum
