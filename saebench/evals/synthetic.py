@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,16 @@ def check(ctx: Any, cfg: SyntheticConfig) -> None:
 run = check
 
 
+# Data knobs added after the first release: left out of the key at their defaults, so that
+# workspaces made before them keep their folder names (and their finished SAEs).
+LATER_FIELDS = {f.name: f.default for f in fields(SyntheticConfig)
+                if f.name == "magnitude_mean_range" or f.name.startswith("hierarchy_")}
+
+
 def data_id(cfg: SyntheticConfig) -> str:
     """A short hash of what determines the trained weights, to name the SAE folders."""
-    key = {k: v for k, v in asdict(cfg).items() if k not in ("archs", "reference", "device")}
+    key = {k: v for k, v in asdict(cfg).items() if k not in ("archs", "reference", "device")
+           and not (k in LATER_FIELDS and getattr(cfg, k) == LATER_FIELDS[k])}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from sae_lens.synthetic import (
+    ExponentialMagnitudeConfig,
     HierarchyConfig,
     LowRankCorrelationConfig,
     SyntheticModel,
@@ -36,20 +37,27 @@ STATS_TOKENS = 16_384
 
 
 def build_model(cfg: SyntheticConfig) -> SyntheticModel:
-    """SAELens's synthetic model for `cfg`: package defaults except the switches we expose."""
+    """SAELens's synthetic model for `cfg`: package defaults except the knobs we expose."""
     hierarchy = None
     if cfg.hierarchy:
-        # Shallow trees over a quarter of the features: enough absorption pressure to show
-        # (Chanin et al. 2024, "A is for Absorption") without starving the leaves of fires.
-        roots = max(1, cfg.n_features // 16)
-        hierarchy = HierarchyConfig(total_root_nodes=roots, branching_factor=(2, 4), max_depth=1,
-                                    compensate_probabilities=True)
+        low, high = cfg.hierarchy_branching
+        # Compensation raises children's conditional rates so that each feature keeps its
+        # Zipfian marginal rate. Where that would take a rate above 1 (exclusive siblings as
+        # frequent as their parent), SAELens clamps it and warns: a parent then always fires
+        # with one of its children, and those features fire less often than Zipf says.
+        hierarchy = HierarchyConfig(
+            total_root_nodes=cfg.root_count, branching_factor=(low, high),
+            max_depth=cfg.hierarchy_depth,
+            mutually_exclusive_portion=cfg.hierarchy_exclusive, compensate_probabilities=True)
     correlation = LowRankCorrelationConfig(seed=cfg.seed) if cfg.correlation else None
+    first, last = cfg.magnitude_mean_range
+    # A plain float when constant: the saved model config then reads as it always did.
+    mean = 1.0 if first == last == 1.0 else ExponentialMagnitudeConfig(start=first, end=last)
     model_cfg = SyntheticModelConfig(
         num_features=cfg.n_features, hidden_dim=cfg.d_in,
         firing_probability=ZipfianFiringProbabilityConfig(),
         hierarchy=hierarchy, correlation=correlation,
-        std_firing_magnitudes=cfg.magnitude_std, mean_firing_magnitudes=1.0, seed=cfg.seed)
+        std_firing_magnitudes=cfg.magnitude_std, mean_firing_magnitudes=mean, seed=cfg.seed)
     return SyntheticModel(model_cfg).eval()
 
 

@@ -71,15 +71,28 @@ def _cells(row: SyntheticRow) -> list[str]:
     return [row.arch, row.trainer] + [fmt.format(row.metrics[m]) for _, m, fmt in COLUMNS]
 
 
+def describe(cfg: SyntheticConfig, true_l0: float) -> str:
+    """One line naming the data and the SAEs' shared sizes (a table's title)."""
+    hierarchy = "off"
+    if cfg.hierarchy:
+        low, high = cfg.hierarchy_branching
+        branching = f"{low}" if low == high else f"{low}-{high}"
+        hierarchy = (f"{cfg.root_count} roots, branching {branching}, depth "
+                     f"{cfg.hierarchy_depth}, exclusive {cfg.hierarchy_exclusive:g}")
+    first, last = cfg.magnitude_mean_range
+    means = f"{first:g}" if first == last else f"{first:g} -> {last:g}"
+    return (f"synthetic eval: d_in {cfg.d_in}, {cfg.n_features} true features (true L0 "
+            f"{true_l0:.2f}), d_sae {cfg.d_sae}, k {cfg.k}, {cfg.tokens:,} training tokens, "
+            f"{cfg.eval_tokens:,} eval tokens, hierarchy {hierarchy}, correlation "
+            f"{'on' if cfg.correlation else 'off'}, magnitudes mean {means} std "
+            f"{cfg.magnitude_std:g}")
+
+
 def format_rows(rows: list[SyntheticRow], cfg: SyntheticConfig, markdown: bool = False) -> str:
     """The rows as an aligned text table, or as a Markdown table (for BENCHMARKS.md)."""
     header = ["arch", "trainer"] + [name for name, _, _ in COLUMNS]
     body = [_cells(r) for r in rows]
-    true_l0 = rows[0].metrics["true_l0"] if rows else float("nan")
-    title = (f"synthetic eval: d_in {cfg.d_in}, {cfg.n_features} true features (true L0 "
-             f"{true_l0:.2f}), d_sae {cfg.d_sae}, k {cfg.k}, {cfg.tokens:,} training tokens, "
-             f"{cfg.eval_tokens:,} eval tokens, hierarchy {'on' if cfg.hierarchy else 'off'}, "
-             f"correlation {'on' if cfg.correlation else 'off'}")
+    title = describe(cfg, rows[0].metrics["true_l0"] if rows else float("nan"))
     if markdown:
         lines = [f"*{title}*", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS)) + "|"]
