@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from spread import cpu, mean_std
 
 ARCHS = ("topk", "batchtopk", "mutual_choice", "feature_choice", "gsae", "mp")
 CALIBRATED = ("batchtopk", "mutual_choice", "feature_choice")
@@ -49,8 +48,8 @@ def train(args, arch: str, k: int, seed: int, folder: Path) -> None:
     if (folder / "cfg.json").exists():
         return
     sets = tuple(s for s in args.set if s.split(".", 1)[0] == arch)
-    cfg = TrainConfig(tokens=args.tokens, seed=seed, dead_window=args.dead_window,
-                      progress=False, device="cpu")
+    cfg = TrainConfig(tokens=args.tokens, batch_size=args.batch_size, seed=seed,
+                      dead_window=args.dead_window, progress=False, device="cpu")
     targs = train_cmd.Args(store=args.store, out=folder, train=cfg, arch=(arch,), k=(k,),
                            width=(args.width,), set=sets)
     store = open_store(args.store)
@@ -96,22 +95,13 @@ def collect(folder: Path) -> dict[str, dict]:
     return modes
 
 
-def _cell(values: list[float], fmt: str) -> str:
-    if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return fmt.format(mean)
-    return f"{fmt.format(mean)} ± {fmt.format(statistics.stdev(values))}"
-
-
 def table(results: dict) -> str:
     """Markdown: one row per (architecture, k, mode), mean ± std over seeds."""
     cols = [c for c, _, _ in METRICS + TRAIN_METRICS]
     lines = ["| architecture | k | mode | seeds | " + " | ".join(cols) + " |",
              "|---|---|---|---|" + "---|" * len(cols)]
     for (arch, k, mode), runs in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        cells = [_cell([r[key] for r in runs if key in r], fmt)
+        cells = [mean_std([r[key] for r in runs if key in r], fmt)
                  for _, key, fmt in METRICS + TRAIN_METRICS]
         lines.append(f"| {arch} | {k} | {mode or 'default'} | {len(runs)} | "
                      + " | ".join(cells) + " |")
@@ -180,15 +170,12 @@ def density_plot(folders: dict[str, Path], path: Path) -> str:
 
 
 def machine() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    avx = sorted({w for w in flags.split() if w.startswith("avx512")})
     import torch
 
+    model, avx = cpu()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    return (f"{model}, {os.cpu_count()} cores, {' '.join(avx) or 'no AVX-512'}; torch "
+    return (f"{model}, {' '.join(avx) or 'no AVX-512'}; torch "
             f"{torch.__version__}; commit {commit}; {time.strftime('%Y-%m-%d')}")
 
 
@@ -202,6 +189,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tokens", type=int, default=384_000)
     parser.add_argument("--width", type=int, default=4608)
+    parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--dead-window", type=int, default=100_000)
     parser.add_argument("--ce-tokens", type=int, default=4096)
     parser.add_argument("--calib-tokens", type=int, default=8192)
@@ -239,7 +227,8 @@ def main() -> None:
     mid = sorted(args.ks)[len(args.ks) // 2]
     dens = density_plot({a: _folder(saes, a, args.tag, mid, args.seeds[0]) for a in args.archs},
                         args.figures / f"density-{tag}-k{mid}.png")
-    text = (f"store {args.store}; d_sae {args.width}; {args.tokens:,} training tokens; "
+    text = (f"store {args.store}; d_sae {args.width}; {args.tokens:,} training tokens in "
+            f"batches of {args.batch_size}; "
             f"k {args.ks}; seeds {args.seeds}; CE/KL on {args.ce_tokens} held-out tokens; "
             f"{time.perf_counter() - t0:.0f} s this run\n{machine()}\n\n{table(results)}\n\n"
             f"Latent densities at k {mid}, seed {args.seeds[0]}:\n\n{dens}\n")

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from spread import cpu, mean_std
 
 from saebench.evals.report import write_json_atomic
 from saebench.evals.synthetic import run_synthetic
@@ -104,12 +105,6 @@ def run_one(cfg: SyntheticConfig, workspace: Path, result: Path) -> dict:
     return done
 
 
-def _cell(values: list[float], fmt: str) -> str:
-    if len(values) < 2:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
-
-
 def table(name: str, cfg: SyntheticConfig, results: list[dict]) -> str:
     """One configuration's Markdown table: a row per SAE, mean ± sample std over seeds."""
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -124,7 +119,7 @@ def table(name: str, cfg: SyntheticConfig, results: list[dict]) -> str:
              "| arch | trainer | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
              "|---|---|" + "---:|" * len(COLUMNS)]
     for (arch, trainer), runs in rows.items():
-        cells = [_cell([m[key] for m in runs], FORMATS.get(key, fmt)) for _, key, fmt in COLUMNS]
+        cells = [mean_std([m[key] for m in runs], FORMATS.get(key, fmt)) for _, key, fmt in COLUMNS]
         lines.append(f"| {arch} | {trainer} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -139,16 +134,12 @@ def commit() -> str:
 
 def machine(commits: set[str]) -> str:
     """Date, CPU model and its AVX-512 flags, torch and SAELens versions, commits."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    model = fields.get("model name", platform.processor() or "unknown")
-    avx512 = sorted(f for f in fields.get("flags", "").split() if f.startswith("avx512"))
+    model, avx512 = cpu()
     threads = torch.get_num_threads()
     from importlib.metadata import version
 
     return (f"Date {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; CPU {model}, "
-            f"{os.cpu_count()} cores, AVX-512 flags: {' '.join(avx512) or 'none'}; "
+            f"AVX-512 flags: {' '.join(avx512) or 'none'}; "
             f"torch {torch.__version__} ({threads} thread{'s' * (threads > 1)}); sae-lens "
             f"{version('sae-lens')}; Python {platform.python_version()}; runs made at "
             f"{'; '.join(sorted(commits))}.")
