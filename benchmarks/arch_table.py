@@ -126,15 +126,19 @@ def pareto_plot(results: dict, path: Path, title: str) -> None:
             ys = [statistics.fmean(r[key] for r in runs) for _, runs in pts]
             err = [statistics.stdev(r[key] for r in runs) if len(runs) > 1 else 0
                    for _, runs in pts]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3,
-                        linestyle="--" if mode else "-",
-                        label=arch + (f" ({mode})" if mode else ""))
+            line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3,
+                               linestyle="--" if mode else "-",
+                               label=arch + (f" ({mode})" if mode else ""))
+            # Each seed at its own L0 too: MP's adaptive stopping spreads L0 across seeds.
+            seeds = [(r["l0"], r[key]) for _, runs in pts for r in runs]
+            ax.scatter(*zip(*seeds, strict=True), s=12, alpha=0.4,
+                       color=line.lines[0].get_color())
             ax.set_xscale("log", base=2)
             ax.set_xlabel("L0 (held-out, inference rule)")
             ax.set_ylabel(label)
     axes[2].set_yscale("log")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title}: mean ± std over seeds")
+    fig.suptitle(f"{title}: mean ± std over seeds (small dots: single seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

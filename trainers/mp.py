@@ -175,7 +175,9 @@ def _pursue_chunk(r: Tensor, W: Tensor, gram: Tensor | None, cfg: MPConfig, idx:
         c.copy_(r @ W.T)
     r = r.clone()
     live = torch.ones(n, dtype=torch.bool, device=r.device)
-    stops = cfg.stop_on_duplicate_support or cfg.residual_threshold > 0
+    # In low precision the values are recomputed exactly afterwards and the stopping rules
+    # applied to them (`_apply_stops`): tracking the residual here would be wasted work.
+    stops = (cfg.stop_on_duplicate_support or cfg.residual_threshold > 0) and not low_precision
     for t in range(idx.shape[1]):
         # argmax of c equals SAELens's argmax of relu(c) whenever the max is positive; when it
         # is not, both add a zero value, so the codes agree.
