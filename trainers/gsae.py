@@ -43,10 +43,11 @@ from trainers.topk import TopKConfig, TopKSAE
 class GSAEConfig(TopKConfig):
     """Hyperparameters of one g-SAE: TopK's, plus the weight of the gradient term."""
 
-    beta: float = 1.0
+    beta: float = 0.1
     """β, the weight of the gradient term in the selection score (Olmo et al. 2024, §3); 0 is
     plain TopK. With grad_norm="unit_mean" the gradient is normalised to mean norm √d_in
-    first, so β is unit-free."""
+    first, so β is unit-free. 0.1 is the best gradient-aware point of BENCHMARKS.md's β sweep
+    (SmolLM2, k 32): CE recovered and KL worsen monotonically from β 0.1 to 100."""
 
     grad_norm: Literal["unit_mean", "raw"] = "unit_mean"
     """How the gradient enters the score: "unit_mean" rescales it by one constant s_g (fixed
