@@ -63,7 +63,8 @@ def calibrate_folder(folder: Path, args: Args) -> str:
     done = (meta["run"] or {}).get("calibration") or {}
     if done.get("target_l0") == target and done.get("n_tokens") == args.tokens:
         return f"{folder}: already calibrated to L0 {target:g}"
-    store = open_store(args.store or recorded_store(folder, read_sae_cfg(folder)))
+    store_path = args.store or recorded_store(folder, read_sae_cfg(folder))
+    store = open_store(store_path)
     if store.n_tokens(HELDOUT) < args.tokens:
         raise UserError(f"--tokens {args.tokens}: the store holds {store.n_tokens(HELDOUT)} "
                         "held-out tokens")
@@ -79,7 +80,7 @@ def calibrate_folder(folder: Path, args: Args) -> str:
     new_threshold = sae.threshold.detach().cpu() + cal.shift
     record = {"target_l0": target, "n_tokens": cal.n_tokens, "shift": cal.shift,
               "l0_before": cal.l0_before, "l0_after": cal.l0_after, "split": HELDOUT,
-              "store": str(args.store or recorded_store(folder, read_sae_cfg(folder)))}
+              "store": str(store_path)}
     saelens_format.update_tensors(folder, {"threshold": new_threshold})
     saelens_format.update_run(folder, "calibration", record)
     if (folder / "evals").is_dir():
