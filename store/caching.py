@@ -167,6 +167,24 @@ def prepare(specs: Sequence[StoreSpec], device: str):
     return model, windows, corpus, d_ins
 
 
+def store_vocab_and_meta(model, spec: StoreSpec, windows, corpus: list[str]):
+    """The vocab table and the meta a new store records beyond its spec (shared with the
+    streaming source's --cache-to, so both write the same store)."""
+    vocab = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
+    extra = dict(
+        d_vocab=model.cfg.d_vocab,
+        n_layers=model.cfg.n_layers,
+        bos_policy=BOS_POLICY,
+        bos_token_id=windows.bos_id,
+        eos_token_id=windows.eos_id,
+        corpus_sources=corpus,
+        grad_dtype="bfloat16" if spec.with_grads else None,
+        grad_of="sum over the window of next-token cross-entropy" if spec.with_grads else None,
+        code_version=CODE_VERSION,
+    )
+    return vocab, extra
+
+
 def _check_specs(specs: Sequence[StoreSpec], paths: Sequence[Path]) -> None:
     if not specs or len(specs) != len(paths):
         raise UserError("caching needs one store path per hook (and at least one hook)")
@@ -209,18 +227,7 @@ def cache_hooks(
     paths = [p for p, c in zip(all_paths, complete, strict=True) if not c]
     model, windows, corpus, d_ins = prepare(specs, device)
     spec = specs[0]
-    vocab = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
-    extra = dict(
-        d_vocab=model.cfg.d_vocab,
-        n_layers=model.cfg.n_layers,
-        bos_policy=BOS_POLICY,
-        bos_token_id=windows.bos_id,
-        eos_token_id=windows.eos_id,
-        corpus_sources=corpus,
-        grad_dtype="bfloat16" if spec.with_grads else None,
-        grad_of="sum over the window of next-token cross-entropy" if spec.with_grads else None,
-        code_version=CODE_VERSION,
-    )
+    vocab, extra = store_vocab_and_meta(model, spec, windows, corpus)
     created, opened = [not p.exists() for p in paths], []
     try:
         for s, p, d_in in zip(specs, paths, d_ins, strict=True):
