@@ -17,12 +17,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from store.reader import ChunkInfo, StoreReader
+from store.reader import ChunkInfo
 from store.shards import as_tensor, non_bos_rows
 from store.sources import Batch, NormStats, epoch_permutation
+
+
+@runtime_checkable
+class ChunkReader(Protocol):
+    """What StoreSource reads: a finished store (store.reader.StoreReader) or one whose chunks
+    a model computes on first read (store.model_source.ModelStore)."""
+
+    d_in: int
+    dtype: str
+    ctx: int
+    meta: dict
+
+    @property
+    def has_grads(self) -> bool: ...
+
+    def split_chunks(self, split: str) -> list[ChunkInfo]: ...
+
+    def n_tokens(self, split: str, drop_bos: bool = True) -> int: ...
+
+    def chunk_words(self, chunk: ChunkInfo, grads: bool = False) -> np.ndarray: ...
 
 
 class StoreSource:
@@ -30,7 +51,7 @@ class StoreSource:
 
     def __init__(
         self,
-        reader: StoreReader,
+        reader: ChunkReader,
         split: str = "train",
         buffer_tokens: int = 1 << 19,
         in_memory: bool | None = None,

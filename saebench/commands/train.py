@@ -5,6 +5,9 @@ the same stream of batches. A single SAE is written to `--out` itself; a sweep w
 folder per combination beside it, named `<out>-<arch>-k<k>-w<width>`, leaving out the parts
 that do not vary (e.g. runs/saes/NAME-k32-w4608 for a k/width sweep of one architecture).
 Architecture-specific hyperparameters are set with `--set ARCH.FIELD=VALUE`.
+
+Without `--store`, `--model M --hook H --dataset D` trains from activations produced on the
+fly (saebench/commands/stream.py), optionally writing the store as it goes (`--cache-to`).
 """
 
 from __future__ import annotations
@@ -16,16 +19,16 @@ from typing import Annotated
 
 import tyro
 
+from saebench.commands.stream import StreamArgs
 from store.errors import UserError
 from trainers.config import TrainConfig
 
 
 @dataclass(frozen=True)
 class Args:
-    """Train SAEs on a store (resumable: rerun the same command after an interrupt)."""
+    """Train SAEs on a store, or streamed from a model (resumable: rerun the same command
+    after an interrupt)."""
 
-    store: Path
-    """The activation store to train on (a .duckdb file written by `saebench cache`)."""
     out: Path
     """The SAE folder, e.g. runs/saes/NAME; a sweep writes NAME-<arch>-k<k>-w<width> folders."""
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes]
@@ -40,6 +43,11 @@ class Args:
     set: tuple[str, ...] = ()
     """Architecture hyperparameters as ARCH.FIELD=VALUE, e.g. mp.residual_threshold=0.1 or
     topk.auxk_coef=0.05 (see each config class in trainers/)."""
+    store: Path | None = None
+    """The activation store to train on (a .duckdb file written by `saebench cache`); without
+    it, --model streams activations instead."""
+    stream: Annotated[StreamArgs, tyro.conf.OmitArgPrefixes] = StreamArgs()
+    """Streaming (when --store is not given)."""
 
 
 def _parse_sets(args: Args) -> dict[str, dict]:
@@ -92,23 +100,50 @@ def plan(args: Args) -> tuple[list, list[Path]]:
     return configs, [args.out.with_name(args.out.name + p) for p in parts]
 
 
-def _recorded_path(store: Path, out: Path) -> str:
+def _recorded_path(store: Path | None, out: Path) -> str | None:
     """The store's path as evals will look it up: relative to the workspace when inside it."""
     from store.catalog import workspace_of
 
+    if store is None:
+        return None
     store, workspace = store.resolve(), workspace_of(out)
     return str(store.relative_to(workspace)) if store.is_relative_to(workspace) else str(store)
 
 
-def run(args: Args, source, store_meta: dict) -> list[Path]:
+def run(args: Args, source, store_meta: dict, on_step=None) -> list[Path]:
     """Train from an ActivationSource directly (what `main` does after opening the store)."""
     from trainers.loop import train_saes
 
     configs, out_dirs = plan(args)
     if source.d_in != store_meta.get("d_in", source.d_in):
         raise UserError(f"source d_in {source.d_in} != store meta d_in {store_meta['d_in']}")
+    store = args.store if args.store is not None else args.stream.cache_to
     return train_saes(source, configs, out_dirs, store_meta, args.train,
-                      store_path=_recorded_path(args.store, out_dirs[0]))
+                      store_path=_recorded_path(store, out_dirs[0]), on_step=on_step)
+
+
+def _stream(args: Args, configs: list) -> list[Path]:
+    """Train from the model on the fly; finish --cache-to's store afterwards."""
+    from saebench.commands.stream import open_stream
+    from trainers.loop import needs_grads
+    from trainers.registry import get, name_of
+
+    with_grads = any(needs_grads(get(name_of(c)).model) for c in configs)
+    streamed = open_stream(args.stream, args.train.tokens, with_grads, args.train.device)
+    n_steps = args.train.tokens // args.train.batch_size
+
+    def on_step(done: int) -> None:
+        if done >= n_steps:  # the producer's prefetch is no longer needed
+            streamed.stop.set()
+
+    try:
+        folders = run(args, streamed.source("train", buffer_tokens=args.stream.buffer_tokens),
+                      streamed.meta, on_step)
+    except BaseException:
+        streamed.close()  # stop the producer after its current chunk; the writer keeps its rows
+        raise
+    streamed.complete(progress=args.train.progress)
+    return folders
 
 
 def main(args: Args) -> None:
@@ -116,7 +151,16 @@ def main(args: Args) -> None:
     from trainers.loop import check_grads
 
     configs, _ = plan(args)  # bad --arch/--k/--width/--set fail before the store is opened
-    store = open_store(args.store)
-    check_grads(configs, store.meta.get("with_grads", False))
-    for folder in run(args, store.source("train"), store.meta):
+    if args.store is None:
+        if args.stream.model is None:
+            raise UserError("give --store (a cached store) or --model (stream from a model)")
+        folders = _stream(args, configs)
+    else:
+        if args.stream.model is not None or args.stream.cache_to is not None:
+            raise UserError("--model/--cache-to stream from a model; --store trains on a cache: "
+                            "give one or the other")
+        store = open_store(args.store)
+        check_grads(configs, store.meta.get("with_grads", False))
+        folders = run(args, store.source("train"), store.meta)
+    for folder in folders:
         print(folder)
