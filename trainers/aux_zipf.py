@@ -30,7 +30,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from store.errors import UserError
+from trainers import distributed
 from trainers.batch_select import BatchCoupledSAE, Selection, check_decay, ema_, to_csr
+from trainers.distributed import SINGLE, World, global_cut, ratio
 from trainers.sparse import decode_rows, selected_pre
 from trainers.topk import TopKConfig, auxk_reconstruction
 
@@ -119,10 +121,10 @@ def aux_zipf_loss(
     x_c: Float[Tensor, "tokens d_in"], e: Float[Tensor, "tokens d_in"],
     W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"],
     W_dec: Float[Tensor, "d_sae d_in"], dead_idx: Int[Tensor, " n_dead"], k_aux: int,
-    dying: Int[Tensor, " n"], n_tok: Int[Tensor, " n"],
+    dying: Int[Tensor, " n"], n_tok: Int[Tensor, " n"], world: World = SINGLE,
 ) -> Tensor | None:
     """Normalised MSE of the residual `e` predicted by AuxK over `dead_idx` plus each dying
-    latent at its n_tok best tokens; None when both groups are empty.
+    latent at its n_tok best tokens of the global batch; None when both groups are empty.
 
     The dying part: one dense no-grad product over the chosen columns finds the tokens; the
     codes then carry gradient through the sparse kernels, like the main path.
@@ -135,15 +137,19 @@ def aux_zipf_loss(
     if dying.numel():
         with torch.no_grad():
             pre = torch.addmm(b_enc.index_select(0, dying), x_c, W_enc.index_select(1, dying))
-            order = pre.topk(int(n_tok.max()), dim=0).indices  # [max n_tok, n], best first
-            rank = torch.arange(order.shape[0], device=pre.device)[:, None]
-            ok = rank < n_tok[None, :]
+            top = pre.topk(min(int(n_tok.max()), pre.shape[0]), dim=0)  # [max n_tok, n], best
+            order = top.indices
+            if world.size == 1:
+                rank = torch.arange(order.shape[0], device=pre.device)[:, None]
+                ok = rank < n_tok[None, :]
+            else:  # latent i's n_tok[i] best tokens of all ranks' slices
+                ok, _, _ = global_cut(top.values, n_tok, world)
             col = torch.arange(dying.numel(), device=pre.device).expand_as(order)[ok]
             tok = order[ok]
             feat, vals, offsets = to_csr(tok, dying[col], pre[tok, col], x_c.shape[0])
         codes = selected_pre(x_c, W_enc, b_enc, feat, vals, offsets).relu()
         e_hat = e_hat + decode_rows(feat, codes, W_dec, offsets)  # no b_dec: it is in x_hat
-    return (e_hat - e).pow(2).sum() / e.pow(2).sum().clamp_min(1e-12)
+    return ratio((e_hat - e).pow(2).sum(), e.pow(2).sum(), world)
 
 
 class ZipfAuxSAE(BatchCoupledSAE):
@@ -159,16 +165,18 @@ class ZipfAuxSAE(BatchCoupledSAE):
         self.register_buffer("usage_steps", torch.zeros((), dtype=torch.int64))
 
     def _aux(self, x_c: Tensor, e: Tensor, ctx: Any, sel: Selection) -> tuple[str, Tensor | None]:
-        n_tokens = x_c.shape[0]
+        world = distributed.of(ctx)
+        n_tokens = x_c.shape[0] * world.size  # the global batch: usage is the same everywhere
         dead = getattr(ctx, "dead_mask", None)
         with torch.no_grad():
             if self.training:
                 fired = torch.zeros_like(self.usage).index_add_(0, sel.feat, (sel.vals > 0).float())
+                world.sum(fired)
                 ema_(self.usage, self.usage_steps, fired / n_tokens, self.cfg.usage_decay)
             dying, n_tok = dying_allocation(self.usage, dead, n_tokens, self.cfg.zipf_fit_frac,
                                             self.cfg.dying_ratio, self.aux_features)
             dead_idx = (dead.nonzero().squeeze(1) if dead is not None
                         else torch.zeros(0, dtype=torch.long, device=x_c.device))
         loss = aux_zipf_loss(x_c, e, self.W_enc, self.b_enc, self.W_dec, dead_idx, self.k_aux,
-                             dying, n_tok)
+                             dying, n_tok, world)
         return "aux_zipf", loss

@@ -23,6 +23,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from store.errors import UserError
+from trainers import distributed
+from trainers.distributed import SINGLE, World, global_cut
 from trainers.protocol import LossOut
 from trainers.sparse import decode_rows, selected_pre
 from trainers.topk import TopKConfig, TopKSAE, _fvu
@@ -79,6 +81,22 @@ def flat_topk(
     return ids // d_sae, ids % d_sae, top.values, top.values.min()
 
 
+def global_flat_topk(
+    pre: Float[Tensor, "tokens d_sae"], n: int, world: World
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """flat_topk's n largest over the global batch (every rank's slice), this rank's share.
+
+    A rank's entries among the global top n are among its own top n, so each rank offers
+    those and `global_cut` finds the global n-th value from them (one gather of n values per
+    rank)."""
+    if world.size == 1:
+        return flat_topk(pre, n)
+    tok, feat, vals, _ = flat_topk(pre, min(n, pre.numel()))
+    keep, cut, _ = global_cut(vals[:, None], torch.tensor([n], device=pre.device), world)
+    keep = keep.squeeze(1)
+    return tok[keep], feat[keep], vals[keep], cut.squeeze(0)
+
+
 def ema_(buf: Tensor, steps: Tensor, value: Tensor, decay: float) -> None:
     """buf ← running mean of `value` for the first 1/(1−decay) updates, an EMA after that.
 
@@ -100,7 +118,7 @@ def check_decay(name: str, value: float) -> None:
 class BatchCoupledSAE(TopKSAE):
     """TopK's parameters, init and decoder constraint, with a batch-level allocation.
 
-    Subclasses give `_allocate(x_c)` (the training-time selection) and `_aux(...)` (the
+    Subclasses give `_allocate(x_c, world)` (the training-time selection) and `_aux(...)` (the
     dead/under-used latents' loss). Inference is JumpReLU at the `threshold` buffer, which
     state_dict (hence checkpoints) carries.
     """
@@ -114,7 +132,8 @@ class BatchCoupledSAE(TopKSAE):
         self.register_buffer("threshold", torch.zeros(cfg.d_sae if per_feature else ()))
         self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.int64))
 
-    def _allocate(self, x_c: Tensor) -> Selection:
+    def _allocate(self, x_c: Tensor, world: World = SINGLE) -> Selection:
+        """The training-time selection over the global batch (this rank's slice is x_c)."""
         raise NotImplementedError
 
     def _aux(self, x_c: Tensor, e: Tensor, ctx: Any, sel: Selection) -> tuple[str, Tensor | None]:
@@ -140,13 +159,14 @@ class BatchCoupledSAE(TopKSAE):
         """Normalised MSE over the batch-level selection, plus the architecture's aux loss."""
         x = x.float()
         x_c = x - self.b_dec
+        world = distributed.of(ctx)
         with torch.no_grad():
-            sel = self._allocate(x_c)
+            sel = self._allocate(x_c, world)
             if self.training:  # like BatchNorm: calibration moves only while training
                 ema_(self.threshold, self.threshold_steps, sel.theta, self.cfg.threshold_decay)
         vals = selected_pre(x_c, self.W_enc, self.b_enc, sel.feat, sel.vals, sel.offsets).relu()
         x_hat = decode_rows(sel.feat, vals, self.W_dec, sel.offsets) + self.b_dec
-        fvu = _fvu(x, x_hat)
+        fvu = _fvu(x, x_hat, world)
         total, parts = fvu, {"fvu": fvu.detach()}
         name, aux = self._aux(x_c, (x - x_hat).detach(), ctx, sel)
         if aux is not None:
@@ -160,9 +180,10 @@ class BatchCoupledSAE(TopKSAE):
         )
         return LossOut(total=total, parts=parts, codes=codes)
 
-    def _batch_topk(self, x_c: Tensor) -> Selection:
-        """The k·B largest pre-activations of the batch (BatchTopK and mutual choice)."""
-        tok, feat, vals, cut = flat_topk(self._pre(x_c), self.k * x_c.shape[0])
+    def _batch_topk(self, x_c: Tensor, world: World = SINGLE) -> Selection:
+        """The k·B largest pre-activations of the global batch (BatchTopK and mutual choice)."""
+        n = self.k * x_c.shape[0] * world.size
+        tok, feat, vals, cut = global_flat_topk(self._pre(x_c), n, world)
         # The smallest kept *positive* activation is θ (Bussmann et al. 2024, §3). A cut ≤ 0
         # means fewer than k·B entries were positive, and θ = 0 then keeps what training kept.
         return Selection(*to_csr(tok, feat, vals, x_c.shape[0]), cut.float().clamp_min(0))

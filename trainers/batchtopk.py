@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trainers import distributed
 from trainers.batch_select import BatchCoupledSAE, Selection, check_decay
+from trainers.distributed import SINGLE, World
 from trainers.topk import TopKConfig
 
 
@@ -49,8 +51,8 @@ class BatchTopKSAE(BatchCoupledSAE):
     ) -> None:
         super().__init__(d_in, cfg, generator=generator)
 
-    def _allocate(self, x_c: Tensor) -> Selection:
-        return self._batch_topk(x_c)
+    def _allocate(self, x_c: Tensor, world: World = SINGLE) -> Selection:
+        return self._batch_topk(x_c, world)
 
     def _aux(self, x_c: Tensor, e: Tensor, ctx: Any, sel: Selection) -> tuple[str, Tensor | None]:
-        return "auxk", self._auxk(x_c, e, getattr(ctx, "dead_mask", None))
+        return "auxk", self._auxk(x_c, e, getattr(ctx, "dead_mask", None), distributed.of(ctx))

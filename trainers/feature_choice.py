@@ -32,6 +32,7 @@ from torch import Tensor
 from store.errors import UserError
 from trainers.aux_zipf import ZipfAuxConfig, ZipfAuxSAE
 from trainers.batch_select import Selection, to_csr
+from trainers.distributed import SINGLE, World, global_cut
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,10 @@ def zipf_caps(n: int, total: int, exponent: float, max_cap: int) -> Int[Tensor, 
 def capped_topk(
     W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"],
     x_c: Float[Tensor, "tokens d_in"], caps: Int[Tensor, " d_sae"], n: int,
+    world: World = SINGLE,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Each latent i's caps[i] best tokens, then the n best of those.
+    """Each latent i's caps[i] best tokens, then the n best of those, over the global batch
+    (x_c is this rank's slice; caps and n count global tokens).
 
     Returns (tokens, latents, values, per-latent cut, global cut). Works on preᵀ [d_sae, tokens]:
     a topk along contiguous rows is 2x faster than along columns, and W_enc's column-major
@@ -93,7 +96,8 @@ def capped_topk(
     widths, so the few Zipf head latents with caps near B cost a sort and the tail does not.
     """
     pre_t = torch.addmm(b_enc[:, None], W_enc.t(), x_c.t())
-    n_latents, n_tokens = pre_t.shape
+    n_latents, n_local = pre_t.shape
+    n_tokens = n_local * world.size
     caps = caps.clamp(1, n_tokens)
     per_latent = pre_t.new_empty(n_latents)
     width = (caps + 1).clamp_max(n_tokens)
@@ -102,24 +106,47 @@ def capped_topk(
     for g in group.unique().tolist():
         ids = (group == g).nonzero().squeeze(1)
         m = caps[ids]
-        v, t = pre_t.index_select(0, ids).topk(int(width[ids].max()), dim=1)  # sorted
+        v, t = pre_t.index_select(0, ids).topk(min(int(width[ids].max()), n_local), dim=1)
         # Each latent's cut is midway between its last kept and first rejected value. With m of
         # a few tokens, the m-th largest alone sits high: the calibrated latent then fires on
         # ~m − ½ tokens per batch (for exponential tails), 10-20% short of training's L0.
-        last = v.gather(1, (m - 1)[:, None]).squeeze(1)
-        nxt = v.gather(1, m.clamp_max(v.shape[1] - 1)[:, None]).squeeze(1)
+        if world.size == 1:
+            last = v.gather(1, (m - 1)[:, None]).squeeze(1)
+            nxt = v.gather(1, m.clamp_max(v.shape[1] - 1)[:, None]).squeeze(1)
+            keep = torch.arange(v.shape[1], device=v.device)[None, :] < m[:, None]
+        else:  # the m-th and (m+1)-th values of all ranks' slices
+            keep, last, top = global_cut(v.t(), m, world)
+            keep = keep.t()
+            nxt = top.gather(0, m.clamp_max(top.shape[0] - 1)[None]).squeeze(0)
         per_latent[ids] = torch.where(m < n_tokens, (last + nxt) / 2, last)
-        keep = torch.arange(v.shape[1], device=v.device)[None, :] < m[:, None]
         toks.append(t[keep])
         vals.append(v[keep])
         feats.append(ids[:, None].expand_as(keep)[keep])
     tok, feat, val = torch.cat(toks), torch.cat(feats), torch.cat(vals)
     cut = val.new_tensor(-math.inf)
+    if world.size > 1:
+        return (*_global_budget(tok, feat, val, n, world), per_latent)
     if val.numel() > n:  # capacity > 1: the budget binds before the caps do
         top = val.topk(n, sorted=False)
         cut, val = top.values.min(), top.values
         tok, feat = tok[top.indices], feat[top.indices]
     return tok, feat, val, per_latent, cut
+
+
+def _global_budget(
+    tok: Tensor, feat: Tensor, val: Tensor, n: int, world: World
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """capped_topk's budget over all ranks: the n best of every rank's capped picks."""
+    cut = val.new_tensor(-math.inf)
+    if int(world.sum(val.new_tensor([val.numel()]))) <= n:
+        return tok, feat, val, cut
+    # Each rank offers its own n best, padded to n so that every rank gathers the same shape.
+    top = val.topk(min(n, val.numel()), sorted=False)
+    offer = torch.cat([top.values, val.new_full((n - top.values.numel(),), -math.inf)])
+    keep, cut, _ = global_cut(offer[:, None], torch.tensor([n], device=val.device), world)
+    keep = keep.squeeze(1)[: top.values.numel()]
+    ids = top.indices[keep]
+    return tok[ids], feat[ids], val[ids], cut.squeeze(0)
 
 
 class FeatureChoiceSAE(ZipfAuxSAE):
@@ -151,11 +178,11 @@ class FeatureChoiceSAE(ZipfAuxSAE):
         order = self.usage.argsort(descending=True, stable=True)
         return torch.empty_like(by_rank).scatter_(0, order, by_rank)
 
-    def _allocate(self, x_c: Tensor) -> Selection:
-        n_tokens = x_c.shape[0]
+    def _allocate(self, x_c: Tensor, world: World = SINGLE) -> Selection:
+        n_tokens = x_c.shape[0] * world.size  # caps and budget count the global batch
         tok, feat, vals, per_latent, cut = capped_topk(
-            self.W_enc, self.b_enc, x_c, self.caps(n_tokens), self.k * n_tokens)
-        feat, vals, offsets = to_csr(tok, feat, vals, n_tokens)
+            self.W_enc, self.b_enc, x_c, self.caps(n_tokens), self.k * n_tokens, world)
+        feat, vals, offsets = to_csr(tok, feat, vals, x_c.shape[0])
         # Latent i kept the entries above both its own m-th value and the global cut; ≤ 0
         # means it fired on everything positive, which θ_i = 0 reproduces.
         return Selection(feat, vals, offsets, per_latent.float().clamp_min(cut).clamp_min(0))

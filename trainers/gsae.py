@@ -35,6 +35,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from store.errors import UserError
+from trainers import distributed
+from trainers.distributed import SINGLE, World
 from trainers.precision import fast_bf16
 from trainers.topk import TopKConfig, TopKSAE
 
@@ -91,11 +93,12 @@ class GSAE(TopKSAE):
         return out.train(sae.training)
 
     @torch.no_grad()
-    def _scaled(self, grad: Tensor) -> Tensor:
+    def _scaled(self, grad: Tensor, world: World = SINGLE) -> Tensor:
         if float(self.grad_scale) == 0.0 and self.cfg.grad_norm == "raw":
             self.grad_scale.fill_(1.0)
         if float(self.grad_scale) == 0.0:
-            mean_norm = grad.float().norm(dim=-1).mean().clamp_min(1e-12)
+            # The global batch's mean norm (ranks hold equal slices), so every rank agrees.
+            mean_norm = world.mean(grad.float().norm(dim=-1).mean()).clamp_min(1e-12)
             self.grad_scale.fill_(math.sqrt(self.d_in) / float(mean_norm))
         return grad * self.grad_scale
 
@@ -107,11 +110,12 @@ class GSAE(TopKSAE):
         return arch, {**fields, "gsae_beta_raw": self.beta * s_g}, tensors
 
     def gradient_topk(
-        self, pre: Float[Tensor, "tokens d_sae"], grad: Float[Tensor, "tokens d_in"]
+        self, pre: Float[Tensor, "tokens d_sae"], grad: Float[Tensor, "tokens d_in"],
+        world: World = SINGLE,
     ) -> Int[Tensor, "tokens k"]:
         """Indices of the k largest `pre + β·pre⊙|W_dec grad|` per token (§3's selection)."""
         # The absolute value: a latent matters whichever way it moves the loss (§3).
-        grad = self._scaled(grad)
+        grad = self._scaled(grad, world)
         # The selection's only cost beyond TopK's is this second dense product. It only
         # weighs the choice, so it may run in bf16 (as autocast runs `pre` on a GPU): 4.7x
         # faster on a CPU with native bf16, where it moves only near-ties. The elementwise tail
@@ -125,7 +129,7 @@ class GSAE(TopKSAE):
         grad = getattr(ctx, "grad", None)
         if grad is None:
             return super()._select(pre, ctx)  # no gradient: plain TopK
-        return self.gradient_topk(pre, grad)
+        return self.gradient_topk(pre, grad, distributed.of(ctx))
 
     def encode_sparse_with_grad(
         self, x: Float[Tensor, "tokens d_in"], grad: Float[Tensor, "tokens d_in"]

@@ -32,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from store.errors import UserError
+from trainers import distributed
 from trainers.precision import fast_bf16
 from trainers.protocol import LossOut
 from trainers.sparse import decode_rows
@@ -326,7 +327,7 @@ class MPSAE(nn.Module):
 
     def loss(self, x: Float[Tensor, "tokens d_in"], ctx: Any = None) -> LossOut:
         """Normalised MSE only: the paper trains MP-SAE on reconstruction alone, no aux loss;
-        `ctx` (dead latents) is unused."""
+        of `ctx` only the world is used (for the global FVU denominator)."""
         # fp32 values and gradients, even under autocast; only the picks may use bf16.
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
@@ -337,7 +338,7 @@ class MPSAE(nn.Module):
             idx, vals, block = pursue(x_c.detach(), W.detach(), self.gram(x.shape[0], low),
                                       cfg, with_gram=True, low_precision=low)
             x_hat = _Unrolled.apply(x_c, W, idx, vals, block) + self.b_dec
-            fvu = _fvu(x, x_hat)
+            fvu = _fvu(x, x_hat, distributed.of(ctx))
         n, T = idx.shape
         rows = torch.arange(n, device=x.device).repeat_interleave(T)
         # Coalesced: a repeated atom is one code (the sum), as in SAELens's scatter_add.

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from trainers.aux_zipf import ZipfAuxConfig, ZipfAuxSAE
 from trainers.batch_select import Selection
+from trainers.distributed import SINGLE, World
 
 
 @dataclass(frozen=True)
@@ -35,5 +36,5 @@ class MutualChoiceSAE(ZipfAuxSAE):
     ) -> None:
         super().__init__(d_in, cfg, generator=generator)
 
-    def _allocate(self, x_c: Tensor) -> Selection:
-        return self._batch_topk(x_c)
+    def _allocate(self, x_c: Tensor, world: World = SINGLE) -> Selection:
+        return self._batch_topk(x_c, world)

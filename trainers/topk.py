@@ -21,6 +21,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from store.errors import UserError
+from trainers import distributed
+from trainers.distributed import SINGLE, World, centred_sq_sum, ratio
 from trainers.protocol import LossOut
 from trainers.sparse import decode_rows, selected_pre
 
@@ -45,10 +47,11 @@ class TopKConfig:
             raise UserError(f"--k ({self.k}) must be smaller than --width ({self.d_sae})")
 
 
-def _fvu(x: Tensor, x_hat: Tensor) -> Tensor:
+def _fvu(x: Tensor, x_hat: Tensor, world: World = SINGLE) -> Tensor:
     # Normalised MSE as a fraction of the batch's variance (DESIGN §5's FVU), so the loss has
-    # the same scale whatever the activations' norm (Gao et al. 2024, §2.1).
-    return (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    # the same scale whatever the activations' norm (Gao et al. 2024, §2.1). Under several
+    # ranks the variance is the global batch's, so the ranks' mean is the 1-rank loss.
+    return ratio((x_hat - x).pow(2).sum(), centred_sq_sum(x, world), world)
 
 
 def auxk_reconstruction(
@@ -132,7 +135,8 @@ class TopKSAE(nn.Module):
     def forward(self, x: Float[Tensor, "tokens d_in"]) -> Float[Tensor, "tokens d_in"]:
         return self.decode_sparse(*self.encode_sparse(x))
 
-    def _auxk(self, x_c: Tensor, e: Tensor, dead: Tensor | None) -> Tensor | None:
+    def _auxk(self, x_c: Tensor, e: Tensor, dead: Tensor | None,
+              world: World = SINGLE) -> Tensor | None:
         """AuxK (Gao et al. 2024, App. A.2): the top k_aux dead latents predict the residual e.
 
         None, i.e. skipped, when nothing is dead."""
@@ -141,7 +145,7 @@ class TopKSAE(nn.Module):
             return None
         e_hat = auxk_reconstruction(x_c, self.W_enc, self.b_enc, self.W_dec, dead_idx,
                                     self.k_aux)
-        return (e_hat.float() - e).pow(2).sum() / e.pow(2).sum().clamp_min(1e-12)
+        return ratio((e_hat.float() - e).pow(2).sum(), e.pow(2).sum(), world)
 
     def _select(self, pre: Tensor, ctx: Any) -> Tensor:
         """The k latents per token that a training step uses: the largest pre-activations."""
@@ -158,9 +162,10 @@ class TopKSAE(nn.Module):
             del pre
         vals = selected_pre(x_c, self.W_enc, self.b_enc, idx, picked).relu()
         x_hat = decode_rows(idx, vals, self.W_dec) + self.b_dec
-        fvu = _fvu(x, x_hat)
+        world = distributed.of(ctx)
+        fvu = _fvu(x, x_hat, world)
         total, parts = fvu, {"fvu": fvu.detach()}
-        auxk = self._auxk(x_c, (x - x_hat).detach(), getattr(ctx, "dead_mask", None))
+        auxk = self._auxk(x_c, (x - x_hat).detach(), getattr(ctx, "dead_mask", None), world)
         if auxk is not None:
             total = fvu + self.cfg.auxk_coef * auxk
             parts["auxk"] = auxk.detach()
