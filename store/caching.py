@@ -26,6 +26,7 @@ from store.activation_store import (
     read_meta,
     shard_dir,
 )
+from store.checksums import bad_shards
 from store.corpus import load_documents
 from store.errors import UserError
 from store.hooks import stop_layer, validate_hook
@@ -297,7 +298,11 @@ def _meta(path: Path) -> dict:
 
 def _is_complete(path: Path, spec: StoreSpec) -> bool:
     meta = _meta(path)
-    return meta.get("status") == "complete" and meta.get("spec") == asdict(spec)
+    if meta.get("status") != "complete" or meta.get("spec") != asdict(spec):
+        return False
+    # Re-verified, so rerunning `cache` repairs a rotten shard (StoreWriter drops its chunk).
+    with connect_writer(path) as con:
+        return not bad_shards(con, shard_dir(path), stop_at_first=True)
 
 
 def default_writers() -> int:

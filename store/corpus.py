@@ -58,7 +58,7 @@ def load_documents(dataset: str = "austen", *, allow_fallback: bool = True) -> l
                 raise
             return _cpython_fallback(dataset, exc)
     path = Path(dataset).expanduser()
-    if path.is_dir() or path.suffix in _LOCAL_SUFFIXES:
+    if path.is_dir() or path.is_file() or path.suffix in _LOCAL_SUFFIXES:
         return _load_local(path)
     return _load_hub(dataset)
 
@@ -176,22 +176,41 @@ def _cpython_fallback(dataset: str, exc: AptUnavailable) -> list[Document]:
     return [Document(f"cpython-topics/{name}", topics[name]) for name in sorted(topics)]
 
 
+def _read_text(path: Path) -> str:
+    """A file's text, or one clear line when it is binary (random bytes, a .gz, ...)."""
+    data = path.read_bytes()
+    try:
+        # Universal newlines, as Path.read_text gives (token windows must not change).
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as err:
+        hint = " (it looks gzip-compressed: decompress it first)" if data[:2] == b"\x1f\x8b" else ""
+        raise UserError(
+            f"dataset file {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+            f"{err.start}){hint}; give UTF-8 .txt or .jsonl, or .parquet with a 'text' column"
+        ) from None
+
+
 def _load_local(path: Path) -> list[Document]:
-    """A .txt file or a directory of them (one document per file), .jsonl, or .parquet."""
+    """A text file or a directory of .txt files (one document per file), .jsonl, or .parquet."""
     if not path.exists():
         raise UserError(f"dataset path {path} does not exist")
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
             raise UserError(f"dataset directory {path} holds no .txt files")
-        return [Document(p.relative_to(path).as_posix(), p.read_text("utf-8")) for p in files]
-    if path.suffix == ".txt":
-        return [Document(path.name, path.read_text(encoding="utf-8"))]
+        return [Document(p.relative_to(path).as_posix(), _read_text(p)) for p in files]
     if path.suffix == ".jsonl":
         return _load_jsonl(path)
-    import pyarrow.parquet as pq  # imported here: only parquet users pay for it
+    if path.suffix != ".parquet":  # .txt, or any other existing file: plain text
+        return [Document(path.name, _read_text(path))]
+    import pyarrow as pa  # imported here: only parquet users pay for it
+    import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        why = str(err).splitlines()[0]
+        raise UserError(f"{path} is not a readable Parquet file: {why}") from None
     if "text" not in table.column_names:
         raise UserError(f"{path} has no 'text' column (columns: {table.column_names})")
     texts = table.column("text").to_pylist()
@@ -200,15 +219,14 @@ def _load_local(path: Path) -> list[Document]:
 
 def _load_jsonl(path: Path) -> list[Document]:
     docs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise UserError(f"{path}:{lineno}: expected a JSON object with 'text'") from exc
-            docs.append(Document(f"{path.stem}/{lineno:07d}", text))
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{lineno}: expected a JSON object with 'text'") from exc
+        docs.append(Document(f"{path.stem}/{lineno:07d}", text))
     return docs
 
 

@@ -2,7 +2,8 @@
 
 The DuckDB file is opened only briefly to read meta, the chunk manifest and tokens; the
 vectors are then read straight from the Parquet shards, so a long training run never keeps
-the store locked and any number of readers coexist.
+the store locked and any number of readers coexist. Each shard is checked against its
+manifest checksum the first time this reader opens it (store/checksums.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import duckdb
 import numpy as np
 import torch
 
+from store import checksums
 from store.activation_store import FORMAT, read_meta, shard_dir
 from store.errors import UserError
 from store.shards import as_tensor, non_bos_rows, open_vectors
@@ -30,6 +32,8 @@ class ChunkInfo:
     act_file: str
     grad_file: str | None
     bytes: int
+    act_xxh3: str | None = None  # None: written before checksums (unverified)
+    grad_xxh3: str | None = None
 
 
 def _connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
@@ -54,15 +58,17 @@ class StoreReader:
         with _connect_read_only(self.path) as con:
             try:
                 self.meta = read_meta(con)
+                sums = checksums.COLUMNS if checksums.has_checksums(con) else ("NULL", "NULL")
                 rows = con.execute(
-                    "SELECT chunk, split, first_seq, n_seq, n_tokens, act_file, grad_file, bytes "
-                    "FROM chunks ORDER BY chunk"
+                    "SELECT chunk, split, first_seq, n_seq, n_tokens, act_file, grad_file, bytes, "
+                    f"{sums[0]}, {sums[1]} FROM chunks ORDER BY chunk"
                 ).fetchall()
             except duckdb.Error:
                 raise UserError(f"{self.path} is not a saebench store") from None
         if self.meta.get("format") != FORMAT:
             raise UserError(f"{self.path} is not a saebench store")
         self.chunks = [ChunkInfo(*r) for r in rows]
+        self._verified: set[str] = set()  # shard names that passed their checksum
         if self.meta.get("status") != "complete":
             raise UserError(
                 f"{self.path} is incomplete ({len(self.chunks)} chunks cached): rerun the same "
@@ -88,6 +94,34 @@ class StoreReader:
             raise UserError(f"{self.path} is truncated: shard sizes differ from the manifest")
 
     @property
+    def checksummed(self) -> bool:
+        """Whether every shard has a manifest checksum (stores from before them have none)."""
+        return all(c.act_xxh3 and (c.grad_xxh3 or not c.grad_file) for c in self.chunks)
+
+    def verify(self, name: str, expected: str | None) -> None:
+        """Check one shard against its checksum, once per reader (later calls are free)."""
+        if name in self._verified:
+            return
+        why = checksums.mismatch(self.shards / name, expected)
+        if why:
+            raise UserError(
+                f"shard {self.shards / name} {why}; rerun the `saebench cache` command that "
+                "wrote this store to rewrite it"
+            )
+        self._verified.add(name)  # threads may race to here; at worst a shard is hashed twice
+
+    def bad_shards(self) -> list[str]:
+        """Every shard that fails its checksum, each as '<file> <why>' (reads the whole store)."""
+        bad = []
+        for c in self.chunks:
+            for name, expected in ((c.act_file, c.act_xxh3), (c.grad_file, c.grad_xxh3)):
+                if name and (why := checksums.mismatch(self.shards / name, expected)):
+                    bad.append(f"{name} {why}")
+                elif name:
+                    self._verified.add(name)
+        return bad
+
+    @property
     def has_grads(self) -> bool:
         return bool(self.meta.get("with_grads"))
 
@@ -105,7 +139,9 @@ class StoreReader:
         """A chunk's vectors as memory-mapped 2-byte words `[tokens, d_in]`, BOS rows included."""
         if grads and not chunk.grad_file:
             raise UserError(f"{self.path} has no gradients: cache it with --with-grads")
-        return open_vectors(self.shards / (chunk.grad_file if grads else chunk.act_file), self.d_in)
+        name = chunk.grad_file if grads else chunk.act_file
+        self.verify(name, chunk.grad_xxh3 if grads else chunk.act_xxh3)
+        return open_vectors(self.shards / name, self.d_in)
 
     def vector_dtype(self, grads: bool = False) -> str:
         return "bfloat16" if grads else self.dtype

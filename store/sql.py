@@ -15,7 +15,8 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS chunks (
         chunk INTEGER PRIMARY KEY, split VARCHAR, first_seq INTEGER, n_seq INTEGER,
         n_tokens BIGINT, act_file VARCHAR, grad_file VARCHAR, bytes BIGINT,
-        sum_norm DOUBLE, sum_x DOUBLE[], n_stat BIGINT)""",
+        sum_norm DOUBLE, sum_x DOUBLE[], n_stat BIGINT,
+        act_xxh3 VARCHAR, grad_xxh3 VARCHAR)""",
     "CREATE TABLE IF NOT EXISTS token_ids (seq INTEGER, pos SMALLINT, token_id INTEGER)",
     # fp16 bit pattern (as 0..65535) to a number; IEEE 754 half: 1 sign, 5 exponent, 10 mantissa.
     """CREATE OR REPLACE MACRO saebench_f16(u) AS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,9 @@ class Args:
 
     path: tyro.conf.Positional[Path] = Path("runs")
     """A store file, an SAE folder or a workspace folder."""
+    verify: bool = False
+    """Check every shard of the store(s) against its manifest checksum (reads every byte);
+    exits non-zero naming the bad shards."""
 
 
 def _size(path: Path) -> int:
@@ -25,7 +29,16 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def describe_store(path: Path) -> str:
+def describe_store(path: Path, verify: bool = False) -> str:
+    """A store's summary; with `verify`, a UserError naming any bad shard."""
+    text, error = _describe_store(path, verify)
+    if error:
+        raise UserError(error)
+    return text
+
+
+def _describe_store(path: Path, verify: bool) -> tuple[str, str | None]:
+    """(summary, error): a failed verification is summarised too, then reported."""
     from store.reader import open_store
 
     s = open_store(path)
@@ -44,7 +57,28 @@ def describe_store(path: Path) -> str:
         f"disk      {on_disk / 1e6:.1f} MB, {on_disk / max(total, 1):.0f} bytes/token",
         "sql       SELECT act FROM activations WHERE seq = 3 AND pos = 7",
     ]
-    return "\n".join(lines)
+    line, error = _checksums(s, verify)
+    return "\n".join([*lines, line]), error
+
+
+def _checksums(s, verify: bool) -> tuple[str, str | None]:
+    n = sum(1 + bool(c.grad_file) for c in s.chunks)
+    old = "" if s.checksummed else " (some written before checksums: unverified)"
+    if not verify:
+        return f"checksums xxh3_64 per shard, checked on first read (--verify: all now){old}", None
+    t, nbytes = time.perf_counter(), sum(c.bytes for c in s.chunks)
+    bad = s.bad_shards()
+    dt = time.perf_counter() - t
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        error = (f"{s.path}: {len(bad)} of {n} shards fail verification: {shown}; rerun the "
+                 "`saebench cache` command that wrote it to rewrite them")
+        return f"checksums {len(bad)} of {n} shards FAILED", error
+    return (
+        f"checksums {n} shards verified OK{old}: {nbytes / 1e6:,.1f} MB in {dt:.2f} s "
+        f"({nbytes / 1e9 / max(dt, 1e-9):.2f} GB/s)",
+        None,
+    )
 
 
 def describe_sae(path: Path) -> str:
@@ -70,17 +104,26 @@ def describe_sae(path: Path) -> str:
 
 
 def describe_workspace(path: Path) -> str:
-    lines = [f"workspace {path.resolve()}"]
+    return _describe_workspace(path, verify=False)[0]
+
+
+def _describe_workspace(path: Path, verify: bool) -> tuple[str, list[str]]:
+    """(summary, names of the stores that failed to open or to verify)."""
+    lines, bad = [f"workspace {path.resolve()}"], []
     for store in sorted(p for p in path.glob("*.duckdb") if p.name != "catalog.duckdb"):
         try:
-            lines.append(describe_store(store))
+            text, error = _describe_store(store, verify)
+            lines += [text] + ([f"          {error}"] if error else [])
         except UserError as err:
             lines.append(f"store     {store}: {err}")
+            error = str(err)
+        if error:
+            bad.append(store.name)
     for sae in sorted(path.glob("saes/*/cfg.json")):
         lines.append(describe_sae(sae.parent))
     if len(lines) == 1:
         lines.append("(empty: no stores and no SAEs yet)")
-    return "\n".join(lines)
+    return "\n".join(lines), bad
 
 
 def main(args: Args) -> None:
@@ -88,8 +131,13 @@ def main(args: Args) -> None:
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     if path.is_file():
-        print(describe_store(path))
+        text, error = _describe_store(path, args.verify)
     elif (path / "cfg.json").exists():
-        print(describe_sae(path))
+        text, error = describe_sae(path), None
     else:
-        print(describe_workspace(path))
+        text, bad = _describe_workspace(path, args.verify)
+        failed = f"{len(bad)} store(s) failed to open or verify: {', '.join(bad)}"
+        error = failed if args.verify and bad else None
+    print(text)
+    if error:
+        raise UserError(error)
