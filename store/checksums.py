@@ -42,7 +42,15 @@ def mismatch(path: Path, expected: str | None) -> str | None:
         return "is missing"
     if expected is None:
         return None  # written before checksums: unverified, not corrupt
-    got = file_xxh3(path)
+    return _compare(file_xxh3(path), expected)
+
+
+def bytes_mismatch(data: bytes, expected: str | None) -> str | None:
+    """mismatch() for a shard read into memory (from object storage), same wording."""
+    return None if expected is None else _compare(xxhash.xxh3_64_hexdigest(data), expected)
+
+
+def _compare(got: str, expected: str) -> str | None:
     if got != expected:
         return f"is corrupt: its {ALGORITHM} is {got}, the manifest says {expected}"
     return None

@@ -52,10 +52,13 @@ def _connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
 class StoreReader:
     """A complete store: its meta, chunk manifest, token windows and vectors."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.shards = shard_dir(self.path)
-        with _connect_read_only(self.path) as con:
+    def __init__(self, path: Path | str, manifest: Path | None = None):
+        # `manifest`: a local copy of the DuckDB file, for a store on object storage
+        # (store/remote.py, which also replaces the shard methods below).
+        self.path = Path(path) if manifest is None else path
+        self.manifest = Path(path) if manifest is None else manifest
+        self.shards = shard_dir(self.path) if manifest is None else None
+        with _connect_read_only(self.manifest) as con:
             try:
                 self.meta = read_meta(con)
                 sums = checksums.COLUMNS if checksums.has_checksums(con) else ("NULL", "NULL")
@@ -92,6 +95,11 @@ class StoreReader:
         )
         if total != sum(c.bytes for c in self.chunks):
             raise UserError(f"{self.path} is truncated: shard sizes differ from the manifest")
+
+    def disk_bytes(self) -> int:
+        """The manifest's size plus every shard's (the manifest rows are checked against the
+        files on open)."""
+        return self.manifest.stat().st_size + sum(c.bytes for c in self.chunks)
 
     @property
     def checksummed(self) -> bool:
@@ -180,7 +188,7 @@ class StoreReader:
             return torch.empty((0, self.ctx), dtype=torch.long)
         lo = chunks[0].first_seq
         hi = chunks[-1].first_seq + chunks[-1].n_seq
-        with _connect_read_only(self.path) as con:
+        with _connect_read_only(self.manifest) as con:
             ids = con.execute(
                 "SELECT token_id FROM token_ids WHERE seq >= ? AND seq < ? ORDER BY seq, pos",
                 [lo, hi],
@@ -189,7 +197,7 @@ class StoreReader:
 
     def vocab(self):
         """The store's vocabulary as an Arrow table (token_id, token)."""
-        with _connect_read_only(self.path) as con:
+        with _connect_read_only(self.manifest) as con:
             return con.sql("SELECT token_id, token FROM vocab ORDER BY token_id").to_arrow_table()
 
     def source(self, split: str = "train", **kwargs):
@@ -200,5 +208,8 @@ class StoreReader:
 
 
 def open_store(path: str | Path) -> StoreReader:
-    """Open a finished store read-only, or fail with one clear line."""
-    return StoreReader(Path(path))
+    """Open a finished store read-only (local, or `s3://...`), or fail with one clear line."""
+    from store import remote  # imports this module, and s3fs only when a URL is given
+
+    url = remote.remote_url(path)
+    return remote.RemoteStoreReader(url) if url else StoreReader(Path(path))

@@ -65,13 +65,8 @@ def write_shard(path: Path, table: pa.Table) -> int:
     return path.stat().st_size
 
 
-def open_vectors(path: Path, d_in: int) -> np.ndarray:
-    """All rows of a shard as an int16 array `[rows, d_in]` (2-byte words), memory-mapped.
-
-    Shards written by write_shard are mapped without parsing; any other Parquet file with the
-    same columns (or a layout we do not recognise) is read through pyarrow instead.
-    """
-    meta = pq.read_metadata(path)
+def _plain_vectors_offset(meta: pq.FileMetaData, d_in: int) -> int | None:
+    """Where the raw vectors start in a shard written by write_shard, else None."""
     col = meta.row_group(0).column(2) if meta.num_row_groups == 1 else None
     rows, row_bytes = meta.num_rows, 2 * d_in
     if (
@@ -83,15 +78,39 @@ def open_vectors(path: Path, d_in: int) -> np.ndarray:
     ):
         # PLAIN fixed-size values are the last bytes of the single page (after its header
         # and the definition levels).
-        end = col.data_page_offset + col.total_compressed_size
-        return np.memmap(
-            path, dtype=np.int16, mode="r", offset=end - rows * row_bytes, shape=(rows, d_in)
-        )
-    vec = pq.read_table(path, columns=["vec"]).column("vec").combine_chunks()
+        return col.data_page_offset + col.total_compressed_size - rows * row_bytes
+    return None
+
+
+def _vectors_via_arrow(source, meta: pq.FileMetaData, d_in: int) -> np.ndarray:
+    vec = pq.read_table(source, columns=["vec"]).column("vec").combine_chunks()
     data = np.frombuffer(
-        vec.buffers()[1], dtype=np.int16, count=rows * d_in, offset=vec.offset * row_bytes
+        vec.buffers()[1], dtype=np.int16, count=meta.num_rows * d_in, offset=vec.offset * 2 * d_in
     )
-    return data.reshape(rows, d_in)
+    return data.reshape(meta.num_rows, d_in)
+
+
+def open_vectors(path: Path, d_in: int) -> np.ndarray:
+    """All rows of a shard as an int16 array `[rows, d_in]` (2-byte words), memory-mapped.
+
+    Shards written by write_shard are mapped without parsing; any other Parquet file with the
+    same columns (or a layout we do not recognise) is read through pyarrow instead.
+    """
+    meta = pq.read_metadata(path)
+    offset = _plain_vectors_offset(meta, d_in)
+    if offset is None:
+        return _vectors_via_arrow(path, meta, d_in)
+    return np.memmap(path, dtype=np.int16, mode="r", offset=offset, shape=(meta.num_rows, d_in))
+
+
+def vectors_from_bytes(data: bytes, d_in: int) -> np.ndarray:
+    """open_vectors for a shard held in memory (read from object storage): a read-only view."""
+    meta = pq.read_metadata(pa.BufferReader(data))
+    offset = _plain_vectors_offset(meta, d_in)
+    if offset is None:
+        return _vectors_via_arrow(pa.BufferReader(data), meta, d_in)
+    words = np.frombuffer(data, dtype=np.int16, count=meta.num_rows * d_in, offset=offset)
+    return words.reshape(meta.num_rows, d_in)
 
 
 def non_bos_rows(n_rows: int, ctx: int) -> np.ndarray:

@@ -76,13 +76,17 @@ class StoreSource:
 
     def _load(self, chunks: list[ChunkInfo], grads: bool):
         """A group's words (one contiguous copy), its grads, and the rows that may be served."""
-        x = np.concatenate([self.reader.chunk_words(c) for c in chunks])
-        g = (
-            np.concatenate([self.reader.chunk_words(c, grads=True) for c in chunks])
-            if grads
-            else None
-        )
+        x = np.concatenate(self._words(chunks, False))
+        g = np.concatenate(self._words(chunks, True)) if grads else None
         return x, g, non_bos_rows(len(x), self.reader.ctx)
+
+    def _words(self, chunks: list[ChunkInfo], grads: bool) -> list[np.ndarray]:
+        # A remote store (store/remote.py) fetches a group's shards concurrently, so a load
+        # costs one round trip, not one per chunk; local shards are mapped one by one.
+        many = getattr(self.reader, "chunk_words_many", None)
+        if many is not None:
+            return many(chunks, grads)
+        return [self.reader.chunk_words(c, grads) for c in chunks]
 
     def _groups(self, seed: int, epoch: int) -> list[list[ChunkInfo]]:
         if self.in_memory:

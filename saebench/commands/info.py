@@ -17,16 +17,10 @@ class Args:
     """Describe a store (*.duckdb), an SAE folder (cfg.json) or a workspace folder."""
 
     path: tyro.conf.Positional[Path] = Path("runs")
-    """A store file, an SAE folder or a workspace folder."""
+    """A store file (or s3://bucket/prefix/name.duckdb), an SAE folder or a workspace folder."""
     verify: bool = False
     """Check every shard of the store(s) against its manifest checksum (reads every byte);
     exits non-zero naming the bad shards."""
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
 def describe_store(path: Path, verify: bool = False) -> str:
@@ -44,7 +38,9 @@ def _describe_store(path: Path, verify: bool) -> tuple[str, str | None]:
     s = open_store(path)
     m = s.meta
     total = sum(c.n_tokens for c in s.chunks)
-    on_disk = _size(s.path) + _size(s.shards)
+    on_disk = s.disk_bytes()
+    # SQL views need local shards (store/remote.py says why).
+    remote = not isinstance(s.path, Path)
     lines = [
         f"store     {s.path}  ({m['status']}, created {m['created_at']})",
         f"model     {m['model']}   hook {m['hook']}   d_in {m['d_in']}   dtype {m['dtype']}",
@@ -55,7 +51,8 @@ def _describe_store(path: Path, verify: bool) -> tuple[str, str | None]:
         f"grads     {'yes (' + m['grad_dtype'] + ')' if m.get('with_grads') else 'no'}",
         f"norm      mean |x| {m['norm']['mean_norm']:.3f} over {m['norm']['n_tokens']:,} tokens",
         f"disk      {on_disk / 1e6:.1f} MB, {on_disk / max(total, 1):.0f} bytes/token",
-        "sql       SELECT act FROM activations WHERE seq = 3 AND pos = 7",
+        "sql       " + ("(local stores only: download this one to query it)" if remote
+                       else "SELECT act FROM activations WHERE seq = 3 AND pos = 7"),
     ]
     line, error = _checksums(s, verify)
     return "\n".join([*lines, line]), error
@@ -127,10 +124,12 @@ def _describe_workspace(path: Path, verify: bool) -> tuple[str, list[str]]:
 
 
 def main(args: Args) -> None:
+    from store.remote import remote_url
+
     path = args.path
-    if not path.exists():
+    if not remote_url(path) and not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    if path.is_file():
+    if remote_url(path) or path.is_file():
         text, error = _describe_store(path, args.verify)
     elif (path / "cfg.json").exists():
         text, error = describe_sae(path), None

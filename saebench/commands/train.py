@@ -44,8 +44,8 @@ class Args:
     """Architecture hyperparameters as ARCH.FIELD=VALUE, e.g. mp.residual_threshold=0.1 or
     topk.auxk_coef=0.05 (see each config class in trainers/)."""
     store: Path | None = None
-    """The activation store to train on (a .duckdb file written by `saebench cache`); without
-    it, --model streams activations instead."""
+    """The activation store to train on (a .duckdb file written by `saebench cache`, local or
+    s3://bucket/prefix/name.duckdb); without it, --model streams activations instead."""
     stream: Annotated[StreamArgs, tyro.conf.OmitArgPrefixes] = StreamArgs()
     """Streaming (when --store is not given)."""
 
@@ -103,9 +103,12 @@ def plan(args: Args) -> tuple[list, list[Path]]:
 def _recorded_path(store: Path | None, out: Path) -> str | None:
     """The store's path as evals will look it up: relative to the workspace when inside it."""
     from store.catalog import workspace_of
+    from store.remote import remote_url
 
     if store is None:
         return None
+    if remote_url(store):
+        return remote_url(store)
     store, workspace = store.resolve(), workspace_of(out)
     return str(store.relative_to(workspace)) if store.is_relative_to(workspace) else str(store)
 
