@@ -1,6 +1,7 @@
 """Read throughput of one StoreSource group of shards: local disk vs S3 (moto on localhost).
 
-    .venv/bin/python benchmarks/remote_bench.py            # 16 chunks of 4096 tokens, d_in 576
+    .venv/bin/python benchmarks/remote_bench.py                  # 16 chunks of 4096 tokens
+    .venv/bin/python benchmarks/remote_bench.py --latency-ms 20  # + 20 ms per request
 
 Builds a store of random fp16 activations in a temporary folder, serves it from moto's S3
 server (a separate process, so it does not share our GIL), and times a group's load three ways:
@@ -8,8 +9,9 @@ server (a separate process, so it does not share our GIL), and times a group's l
    already verified, as after a reader's first epoch);
 2. **remote, one at a time**: each shard fetched and hashed in turn (latency-bound);
 3. **remote, concurrent**: the whole group requested at once (what StoreSource does).
-moto is a Python server, so (2) and (3) measure it as much as our reader; a real endpoint is
-faster per connection, and concurrency matters more the higher its latency.
+moto is a Python server, so (2) and (3) measure it as much as our reader. Localhost has no
+latency; `--latency-ms` puts a proxy in front of moto that holds each request that long (a
+real endpoint's time to first byte is typically 10-50 ms), which is what concurrency hides.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +65,30 @@ def serve(tmp: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("moto server did not start")
 
 
+def delaying_proxy(port: int, latency_s: float) -> int:
+    """A TCP proxy to 127.0.0.1:port that holds every request latency_s; its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(src, dst, delay: float) -> None:
+        try:
+            while data := src.recv(1 << 20):
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        dst.close()
+
+    def accept() -> None:
+        while True:
+            client, _ = server.accept()
+            up = socket.create_connection(("127.0.0.1", port))
+            threading.Thread(target=pipe, args=(client, up, latency_s), daemon=True).start()
+            threading.Thread(target=pipe, args=(up, client, 0.0), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.getsockname()[1]
+
+
 def timed(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -78,6 +105,7 @@ def main() -> None:
     p.add_argument("--ctx", type=int, default=128)
     p.add_argument("--d-in", type=int, default=576)
     p.add_argument("--repeats", type=int, default=3, help="best of this many loads")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -89,11 +117,14 @@ def main() -> None:
                               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
             import boto3
 
-            client = boto3.client("s3")
+            client = boto3.client("s3")  # uploads go straight to moto
             client.create_bucket(Bucket="bench")
             client.upload_file(str(tmp / "s.duckdb"), "bench", "s.duckdb")
             for f in sorted((tmp / "s.shards").iterdir()):
                 client.upload_file(str(f), "bench", f"s.shards/{f.name}")
+            if a.latency_ms:
+                proxy = delaying_proxy(port, a.latency_ms / 1e3)
+                os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy}"
             local, far = open_store(tmp / "s.duckdb"), open_store("s3://bench/s.duckdb")
             group = local.chunks
             nbytes = sum(c.bytes for c in group)
@@ -105,7 +136,8 @@ def main() -> None:
                 ("remote, whole group concurrently",
                  lambda: np.concatenate(far.chunk_words_many(group))),
             ]
-            print(f"{len(group)} shards, {nbytes / 1e6:.1f} MB; load average "
+            print(f"{len(group)} shards, {nbytes / 1e6:.1f} MB, +{a.latency_ms:g} ms per "
+                  f"request; load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
             print("| read | s | GB/s |\n|---|---|---|")
             for name, fn in rows:

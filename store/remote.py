@@ -63,14 +63,16 @@ def _filesystem():
             "connect_timeout": 10,
             "read_timeout": 60,
             "retries": {"total_max_attempts": 1},  # retried by _fetch, with backoff
-            # botocore's default pool (10) would queue our GETs (s3fs also splits large
-            # shards into concurrent range reads).
-            "max_pool_connections": 4 * IN_FLIGHT,
+            "max_pool_connections": IN_FLIGHT,  # botocore's default (10) would queue GETs
         },
     )
     # s3fs itself retries dropped bodies and throttling (SlowDown); kept low because _fetch
     # retries around it, and attempts multiply.
     fs.retries = 3
+    # One GET per shard: s3fs would otherwise send a HEAD first (for the size) and split large
+    # objects into range reads, one more round trip per shard; _fetch's concurrency is across
+    # shards instead.
+    fs.max_concurrency = 1
     return fs
 
 
