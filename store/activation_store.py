@@ -11,6 +11,10 @@ if and only if its `chunks` row exists; shard files without one are leftovers of
 and are deleted on resume. So SIGINT or SIGKILL at any moment loses at most the chunks in
 flight, and a rerun recomputes exactly those, with no duplicates.
 
+Under torchrun (store/parallel_cache.py), ranks other than 0 record their chunks in their own
+small manifests in the shard folder; rank 0 merges them in (store/rank_manifests.py) at the end
+of the run, and every StoreWriter merges any left by a killed run before it looks for orphans.
+
 Rot: each shard's xxh3_64 is in its `chunks` row (store/checksums.py). A resumed run checks
 every done chunk first and drops (then recomputes) any whose shards fail, so rerunning
 `saebench cache` repairs a store; stores from before checksums gain the columns here.
@@ -31,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from store import checksums, sql
+from store import checksums, rank_manifests, sql
 from store.errors import UserError
 from store.shards import encode_rows, write_shard
 
@@ -108,6 +112,9 @@ class StoreWriter:
         else:
             self._create(vocab, extra_meta)
         self.shards.mkdir(exist_ok=True)
+        # Chunks that other ranks of a killed torchrun cached count, but only once merged:
+        # their shards are orphans to _remove_orphans until then.
+        self.merge_ranks()
         self._remove_orphans()
 
     def _create(self, vocab: list[str], extra_meta: dict) -> None:
@@ -181,53 +188,11 @@ class StoreWriter:
 
     def commit(self, chunk: Chunk, stats: tuple[float, np.ndarray, int]) -> int:
         """Write a chunk's shards, then record it in one transaction. Returns bytes written."""
-        assert chunk.acts is not None
-        seqs = np.arange(chunk.first_seq, chunk.first_seq + len(chunk.tokens))
-        act_file = f"act-{chunk.index:06d}.parquet"
-        nbytes = write_shard(self.shards / act_file, encode_rows(seqs, chunk.acts, self.spec.dtype))
-        # Hashed from the file just written (still in the page cache: +4% writer time).
-        act_sum, grad_file, grad_sum = checksums.file_xxh3(self.shards / act_file), None, None
-        if chunk.grads is not None:
-            grad_file = f"grad-{chunk.index:06d}.parquet"
-            nbytes += write_shard(
-                self.shards / grad_file, encode_rows(seqs, chunk.grads, "bfloat16")
-            )
-            grad_sum = checksums.file_xxh3(self.shards / grad_file)
-        n_seq, ctx = chunk.tokens.shape
-        toks = pa.table(
-            {
-                "seq": np.repeat(seqs.astype(np.int32), ctx),
-                "pos": np.tile(np.arange(ctx, dtype=np.int16), n_seq),
-                "token_id": chunk.tokens.reshape(-1).astype(np.int32),
-            }
-        )
-        sum_norm, sum_x, n_stat = stats
-        with self._lock:
-            self.con.execute("BEGIN")
-            self.con.from_arrow(toks).insert_into("token_ids")
-            self.con.execute(
-                # Columns named: a migrated manifest has the checksum columns last.
-                "INSERT INTO chunks (chunk, split, first_seq, n_seq, n_tokens, act_file, "
-                "grad_file, bytes, sum_norm, sum_x, n_stat, act_xxh3, grad_xxh3) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    chunk.index,
-                    chunk.split,
-                    chunk.first_seq,
-                    n_seq,
-                    n_seq * ctx,
-                    act_file,
-                    grad_file,
-                    nbytes,
-                    sum_norm,
-                    sum_x.tolist(),
-                    n_stat,
-                    act_sum,
-                    grad_sum,
-                ],
-            )
-            self.con.execute("COMMIT")
-        return nbytes
+        return commit_chunk(self.con, self._lock, self.shards, self.spec.dtype, chunk, stats)
+
+    def merge_ranks(self) -> list[int]:
+        """Take in the chunks that torchrun's other ranks cached (store/rank_manifests.py)."""
+        return rank_manifests.merge(self.con, self.shards, asdict(self.spec))
 
     def _refresh_views(self) -> None:
         rows = self.con.execute("SELECT act_file, grad_file FROM chunks ORDER BY chunk").fetchall()
@@ -266,6 +231,50 @@ class StoreWriter:
 
     def close(self) -> None:
         self.con.close()
+
+
+def commit_chunk(
+    con: duckdb.DuckDBPyConnection,
+    lock: threading.Lock,
+    shards: Path,
+    dtype: str,
+    chunk: Chunk,
+    stats: tuple[float, np.ndarray, int],
+) -> int:
+    """Write a chunk's shards, then record its manifest row and token rows in one transaction
+    of `con` (a store, or a rank's own manifest). Returns bytes written."""
+    assert chunk.acts is not None
+    seqs = np.arange(chunk.first_seq, chunk.first_seq + len(chunk.tokens))
+    act_file = f"act-{chunk.index:06d}.parquet"
+    nbytes = write_shard(shards / act_file, encode_rows(seqs, chunk.acts, dtype))
+    # Hashed from the file just written (still in the page cache: +4% writer time).
+    act_sum, grad_file, grad_sum = checksums.file_xxh3(shards / act_file), None, None
+    if chunk.grads is not None:
+        grad_file = f"grad-{chunk.index:06d}.parquet"
+        nbytes += write_shard(shards / grad_file, encode_rows(seqs, chunk.grads, "bfloat16"))
+        grad_sum = checksums.file_xxh3(shards / grad_file)
+    n_seq, ctx = chunk.tokens.shape
+    toks = pa.table(
+        {
+            "seq": np.repeat(seqs.astype(np.int32), ctx),
+            "pos": np.tile(np.arange(ctx, dtype=np.int16), n_seq),
+            "token_id": chunk.tokens.reshape(-1).astype(np.int32),
+        }
+    )
+    sum_norm, sum_x, n_stat = stats
+    with lock:
+        con.execute("BEGIN")
+        con.from_arrow(toks).insert_into("token_ids")
+        con.execute(
+            # Columns named: a migrated manifest has the checksum columns last.
+            "INSERT INTO chunks (chunk, split, first_seq, n_seq, n_tokens, act_file, "
+            "grad_file, bytes, sum_norm, sum_x, n_stat, act_xxh3, grad_xxh3) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [chunk.index, chunk.split, chunk.first_seq, n_seq, n_seq * ctx, act_file, grad_file,
+             nbytes, sum_norm, sum_x.tolist(), n_stat, act_sum, grad_sum],
+        )
+        con.execute("COMMIT")
+    return nbytes
 
 
 def open_store(path):

@@ -3,6 +3,7 @@
 The forward pass runs in the calling thread; each finished chunk goes to a small pool of
 writer threads (Parquet encoding and file writes release the GIL), so writing overlaps the
 next forward pass. At most `2 * writers` chunks are in flight, which bounds memory.
+Under torchrun, ranks cache disjoint chunks into one store (store/parallel_cache.py).
 """
 
 from __future__ import annotations
@@ -10,42 +11,23 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-import duckdb
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from store.activation_store import (
-    Chunk,
-    StoreSpec,
-    StoreWriter,
-    connect_writer,
-    read_meta,
-    shard_dir,
-)
-from store.checksums import bad_shards
+from store.activation_store import Chunk, StoreSpec, StoreWriter
+from store.cache_state import check_specs, is_complete, plan_chunks, remove_store, store_meta
 from store.corpus import load_documents
 from store.errors import UserError
 from store.hooks import stop_layer, validate_hook
 from store.models import load_model
+from store.ranks import from_env
 from store.shards import STORED_DTYPES
 from store.windows import BOS_POLICY, build_windows
 
 CODE_VERSION = "saebench-0.1.0"
-
-
-def plan_chunks(train: np.ndarray, heldout: np.ndarray, chunk_seqs: int) -> list[Chunk]:
-    """Split both splits' windows into chunks; sequence ids run train first, then held-out."""
-    chunks, seq = [], 0
-    for split, windows in (("train", train), ("heldout", heldout)):
-        for lo in range(0, len(windows), chunk_seqs):
-            part = windows[lo : lo + chunk_seqs]
-            chunks.append(Chunk(len(chunks), split, seq, part))
-            seq += len(part)
-    return chunks
 
 
 def forward(model, hook: str, tokens: torch.Tensor, with_grads: bool):
@@ -136,16 +118,6 @@ def _compute(model, specs: Sequence[StoreSpec], chunk: Chunk, batch_seqs: int, d
     return out
 
 
-def _remove_store(path: Path) -> None:
-    for p in (path, Path(str(path) + ".wal")):
-        p.unlink(missing_ok=True)
-    shards = shard_dir(path)
-    if shards.exists():
-        for f in shards.iterdir():
-            f.unlink()
-        shards.rmdir()
-
-
 def prepare(specs: Sequence[StoreSpec], device: str):
     """Load and validate everything before any store file is created (bad input: no file)."""
     spec = specs[0]
@@ -186,16 +158,6 @@ def store_vocab_and_meta(model, spec: StoreSpec, windows, corpus: list[str]):
     return vocab, extra
 
 
-def _check_specs(specs: Sequence[StoreSpec], paths: Sequence[Path]) -> None:
-    if not specs or len(specs) != len(paths):
-        raise UserError("caching needs one store path per hook (and at least one hook)")
-    if len({s.hook for s in specs}) != len(specs) or len(set(paths)) != len(paths):
-        raise UserError("the hooks (and their stores) of one caching pass must differ")
-    same = [replace(s, hook=specs[0].hook) for s in specs]
-    if any(s != same[0] for s in same):
-        raise UserError("stores cached in one pass must differ only in their hook")
-
-
 def cache(
     spec: StoreSpec,
     path: Path,
@@ -219,10 +181,15 @@ def cache_hooks(
     """Create or resume one store per hook from ONE pass of the model (specs differ only in
     their hook); returns their metas. A resumed pass computes the chunks any store lacks."""
     all_paths = [Path(p) for p in paths]
-    _check_specs(specs, all_paths)
-    complete = [p.exists() and _is_complete(p, s) for s, p in zip(specs, all_paths, strict=True)]
+    check_specs(specs, all_paths)
+    ranks = from_env()
+    if ranks.size > 1:  # launched by torchrun: ranks cache disjoint chunks into one store
+        from store.parallel_cache import cache_ranks  # imports this module
+
+        return cache_ranks(ranks, specs, all_paths, device, batch_seqs, writers, progress)
+    complete = [is_complete(p, s) for s, p in zip(specs, all_paths, strict=True)]
     if all(complete):
-        return [_meta(p) for p in all_paths]
+        return [store_meta(p) for p in all_paths]
     # Finished stores are left alone; the pass computes only the hooks still missing.
     specs = [s for s, c in zip(specs, complete, strict=True) if not c]
     paths = [p for p, c in zip(all_paths, complete, strict=True) if not c]
@@ -247,11 +214,11 @@ def cache_hooks(
             w.close()
         for p, new in zip(paths, created, strict=True):
             if new:
-                _remove_store(p)  # no half-written artifact from a run that failed outright
+                remove_store(p)  # no half-written artifact from a run that failed outright
         raise
     for w in opened:
         w.close()
-    return [_meta(p) for p in all_paths]
+    return [store_meta(p) for p in all_paths]
 
 
 def _run(model, specs, stores, chunks, batch_seqs, writers, device, progress) -> None:
@@ -286,23 +253,6 @@ def _run(model, specs, stores, chunks, batch_seqs, writers, device, progress) ->
             for f in in_flight:
                 f.result()
             bar.close()
-
-
-def _meta(path: Path) -> dict:
-    with connect_writer(path) as con:
-        try:
-            return read_meta(con)
-        except duckdb.Error:
-            return {}  # not a store; StoreWriter reports that clearly
-
-
-def _is_complete(path: Path, spec: StoreSpec) -> bool:
-    meta = _meta(path)
-    if meta.get("status") != "complete" or meta.get("spec") != asdict(spec):
-        return False
-    # Re-verified, so rerunning `cache` repairs a rotten shard (StoreWriter drops its chunk).
-    with connect_writer(path) as con:
-        return not bad_shards(con, shard_dir(path), stop_at_first=True)
 
 
 def default_writers() -> int:

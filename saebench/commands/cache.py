@@ -3,6 +3,9 @@
 Several `--hook` values (or `resid:N`, N residual streams at evenly spaced depths) are cached
 in ONE pass of the model, one store per hook: `--store runs/x/store.duckdb` then names
 `runs/x/store.<hook>.duckdb` for each hook.
+
+Under torchrun (`torchrun --nproc-per-node N -m saebench cache ...`) the N ranks cache disjoint
+chunks into the same store(s) (store/parallel_cache.py); rank 0 prints the summary.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def main(args: Args) -> None:
 
     from saebench.commands.info import describe_store
     from store.caching import cache_hooks, default_writers
+    from store.ranks import from_env
 
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -111,5 +115,6 @@ def main(args: Args) -> None:
         batch_seqs=args.batch_seqs,
         writers=args.writers or default_writers(),
     )
-    for path in paths:
-        print(describe_store(path))
+    if from_env().is_main:
+        for path in paths:
+            print(describe_store(path))
