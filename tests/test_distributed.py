@@ -13,6 +13,7 @@ import signal
 import socket
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -30,7 +31,7 @@ from trainers.mp import MPConfig
 from trainers.mutual_choice import MutualChoiceConfig
 from trainers.topk import TopKConfig
 
-D_IN, D_SAE, K, BATCH, STEPS = 16, 64, 4, 128, 24
+D_IN, D_SAE, K, BATCH, STEPS = 16, 128, 4, 128, 24
 META = {"model": "synthetic", "hook": "blocks.0.hook_resid_post", "d_in": D_IN, "ctx": 16}
 CONFIGS = {
     "topk": TopKConfig(d_sae=D_SAE, k=K),
@@ -42,13 +43,13 @@ CONFIGS = {
     "feature_choice": FeatureChoiceConfig(d_sae=D_SAE, k=K, dying_ratio=1.0, capacity=2.0),
     "gsae": GSAEConfig(d_sae=D_SAE, k=K, effect_bf16=False),  # the global gradient scale
 }
-# A dead window of 4 steps, so AuxK and its global denominator matter before the end.
+# A dead window of one step, so latents die (AuxK and the reduced counters matter).
 # adam_eps 1e-6, not our 6.25e-10: with a tiny eps Adam's update g/(|g| + eps) is about
 # sign(g), so a gradient element within rounding of 0 (one W_dec entry here) moves by up to
 # lr·δg/eps when the summation order changes, 2.5e-4 for TopK after 24 steps (1e-7 for the
 # others); with 1e-6 that amplification is gone and what remains is the reductions' rounding.
 TRAIN = TrainConfig(tokens=STEPS * BATCH, batch_size=BATCH, warmup_steps=2, log_every=4,
-                    checkpoint_every=1000, dead_window=4 * BATCH, adam_eps=1e-6,
+                    checkpoint_every=1000, dead_window=BATCH, adam_eps=1e-6,
                     progress=False)
 CUT = 9  # the interrupted run stops after this step
 # fp32 on the CPU: reductions change the summation order, nothing else (see the report below).
@@ -143,3 +144,15 @@ def test_batch_size_must_divide_by_the_ranks(tmp_path, monkeypatch):
     # The check runs before any process group is made, so this does not wait for rank 1.
     with pytest.raises(UserError, match="must divide by the number of ranks"):
         train_saes(source(), [CONFIGS["topk"]], [tmp_path / "x"], META, train)
+
+
+@pytest.mark.parametrize("name", ["topk", "mutual_choice"])
+def test_curves_agree_and_the_dead_latents_mattered(runs, name):
+    one = pq.read_table(runs / "one" / name / "curves.parquet").to_pylist()
+    two = pq.read_table(runs / "two" / name / "curves.parquet").to_pylist()
+    aux = "auxk" if name == "topk" else "aux_zipf"
+    assert any(r["dead_frac"] > 0 for r in one)  # AuxK and the reduced counters took part
+    assert any(r[aux] == r[aux] for r in one)  # not NaN: the aux loss ran
+    for a, b in zip(one, two, strict=True):  # logged values are the global batch's
+        assert a["dead_frac"] == b["dead_frac"] and a["l0"] == pytest.approx(b["l0"])
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)

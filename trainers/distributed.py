@@ -16,6 +16,7 @@ WORLD_SIZE=1) the world is one process with no process group, and every helper i
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -92,29 +93,30 @@ def env_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_world(device: str = "auto") -> tuple[World, bool]:
-    """The world torchrun launched us into: (world, whether this call made the process group).
+def init_world(device: str = "auto") -> World:
+    """The world torchrun launched us into, making its process group on the first call.
 
     nccl for CUDA devices, gloo for the CPU; a WORLD_SIZE of 1 (or none) makes no group, so a
-    single process runs exactly as without torchrun.
+    single process runs exactly as without torchrun. The group lives until the process exits:
+    destroying and re-making it between two runs in one process races (a fast rank can reach
+    rank 0's old rendezvous store before it closes).
     """
     if env_size() == 1:
-        return SINGLE, False
+        return SINGLE
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    made = not dist.is_initialized()
-    if made:
+    if not dist.is_initialized():
         cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo")
-    return World(rank, dist.get_world_size(), local_rank), made
+        atexit.register(teardown)
+    return World(rank, dist.get_world_size(), local_rank)
 
 
-def teardown(made: bool) -> None:
-    """Destroy the process group if `init_world` made it."""
-    if made:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def teardown() -> None:
+    """Destroy the process group, if there is one (at exit, after the last barrier)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def sync_grads(params: list[Tensor], world: World) -> None:

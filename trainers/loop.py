@@ -254,11 +254,8 @@ def train_saes(
     if train.batch_size % distributed.env_size():  # before any rank waits for the others
         raise UserError(f"--batch-size ({train.batch_size}) must divide by the number of "
                         f"ranks ({distributed.env_size()})")
-    world, made = distributed.init_world(train.device)
-    try:
-        _train(source, configs, out_dirs, store_meta, train, on_step, store_path, world)
-    finally:
-        distributed.teardown(made)
+    world = distributed.init_world(train.device)
+    _train(source, configs, out_dirs, store_meta, train, on_step, store_path, world)
     return out_dirs
 
 
