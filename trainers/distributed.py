@@ -93,6 +93,11 @@ def env_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_main_process() -> bool:
+    """Rank 0 by torchrun's RANK, or no torchrun: the process that prints and writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_world(device: str = "auto") -> World:
     """The world torchrun launched us into, making its process group on the first call.
 

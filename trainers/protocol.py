@@ -39,4 +39,10 @@ class SparseCoder(Protocol):
 
     def decode(self, codes: Float[Tensor, "tokens d_sae"]) -> Float[Tensor, "tokens d_in"]: ...
 
-    def loss(self, x: Float[Tensor, "tokens d_in"], ctx: Any) -> LossOut: ...
+    def loss(self, x: Float[Tensor, "tokens d_in"], ctx: Any) -> LossOut:
+        """The training loss on this rank's slice x of the global batch.
+
+        `ctx.world` (trainers.distributed.World; absent means one process) names the ranks
+        that share the batch: whatever the loss or its selection reads from the whole batch
+        (denominators, top-k cuts, usage) is reduced with it, so every rank agrees."""
+        ...

@@ -151,6 +151,7 @@ def _stream(args: Args, configs: list) -> list[Path]:
 
 def main(args: Args) -> None:
     from store.activation_store import open_store
+    from trainers.distributed import is_main_process
     from trainers.loop import check_grads
 
     configs, _ = plan(args)  # bad --arch/--k/--width/--set fail before the store is opened
@@ -165,5 +166,5 @@ def main(args: Args) -> None:
         store = open_store(args.store)
         check_grads(configs, store.meta.get("with_grads", False))
         folders = run(args, store.source("train"), store.meta)
-    for folder in folders:
+    for folder in folders if is_main_process() else ():  # under torchrun, rank 0 speaks
         print(folder)
