@@ -148,13 +148,17 @@ class ModelStore:
                 break
         return {"mean_norm": total / n, "mean": (sum_x / n).tolist(), "n_tokens": n}
 
-    def complete(self, progress: bool = True) -> dict | None:
-        """Cache every chunk training did not visit into `cache_to` and mark it complete."""
-        if self._writer is None:
+    def complete(self, cache_to: Path | None, progress: bool = True) -> dict | None:
+        """Cache every chunk training did not visit into `cache_to` and mark it complete.
+
+        Under torchrun every rank calls this (only rank 0 wrote while training): the missing
+        chunks are then shared among the ranks by the parallel cache."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if cache_to is None:
             return None
-        self._writer.close()
-        self._writer = None
-        return cache(self.spec, self.path, self.device, self.batch_seqs, progress=progress)
+        return cache(self.spec, Path(cache_to), self.device, self.batch_seqs, progress=progress)
 
     def close(self) -> None:
         self.stop.set()

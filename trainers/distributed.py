@@ -111,9 +111,13 @@ def init_world(device: str = "auto") -> World:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        # nccl needs one GPU per rank; more ranks than GPUs on a node (the one-GPU smoke test
+        # of benchmarks/gpu_check.py) share GPUs and talk over gloo, which takes CUDA tensors.
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env_size()))
+        own_gpu = cuda and torch.cuda.device_count() >= per_node
         if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
+            torch.cuda.set_device(local_rank % max(1, torch.cuda.device_count()))
+        dist.init_process_group("nccl" if own_gpu else "gloo")
         atexit.register(teardown)
     return World(rank, dist.get_world_size(), local_rank)
 

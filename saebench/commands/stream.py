@@ -68,9 +68,14 @@ def open_stream(stream: StreamArgs, tokens: int, with_grads: bool, device: str):
     import torch
 
     from store.model_source import ModelStore
+    from store.ranks import from_env
 
     where = stream.model_device if stream.model_device != "auto" else device
     if where == "auto":
         where = "cuda" if torch.cuda.is_available() else "cpu"
-    return ModelStore(spec_for(stream, tokens, with_grads), where, stream.batch_seqs,
-                      stream.cache_to)
+    ranks = from_env()
+    if where == "cuda" and ranks.size > 1:  # torchrun: each rank's model on its own GPU
+        where = f"cuda:{ranks.local_rank % max(1, torch.cuda.device_count())}"
+    # Under torchrun every rank runs the producer, but one store has one writer: rank 0.
+    cache_to = stream.cache_to if ranks.is_main else None
+    return ModelStore(spec_for(stream, tokens, with_grads), where, stream.batch_seqs, cache_to)

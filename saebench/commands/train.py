@@ -145,7 +145,7 @@ def _stream(args: Args, configs: list) -> list[Path]:
     except BaseException:
         streamed.close()  # stop the producer after its current chunk; the writer keeps its rows
         raise
-    streamed.complete(progress=args.train.progress)
+    streamed.complete(args.stream.cache_to, progress=args.train.progress)
     return folders
 
 
