@@ -11,7 +11,8 @@ from typing import Literal
 
 # Fields that change how a run is watched or where it runs, not what it computes: a resumed
 # run may change them freely.
-NON_SEMANTIC = ("log_every", "checkpoint_every", "device", "wandb", "wandb_project", "progress")
+NON_SEMANTIC = ("log_every", "checkpoint_every", "device", "devices", "wandb", "wandb_project",
+                "progress")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TrainConfig:
     """Steps between checkpoints (Ctrl-C also writes one)."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available). On cuda: bf16 autocast, TF32 allowed."""
+    devices: tuple[str, ...] = ()
+    """Spread the SAEs of a sweep over these devices, round-robin (e.g. cuda:0 cuda:1): each
+    trains on its own device from the same batches, with no gradient sync. Empty: --device."""
     wandb: bool = False
     """Also log the curves to Weights & Biases (needs `pip install wandb`)."""
     wandb_project: str = "saebench"

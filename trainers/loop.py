@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from store.catalog import refresh, workspace_of
 from store.errors import UserError
-from trainers import checkpoint, distributed, member, registry
+from trainers import checkpoint, distributed, member, placement, registry
 from trainers.config import TrainConfig
 from trainers.distributed import SINGLE, World
 from trainers.member import Member
@@ -83,16 +83,6 @@ def run_key(name: str, cfg: Any, train: TrainConfig, store_meta: dict) -> dict:
     """Everything that determines the trained weights; a resumed run must match it."""
     key = {"arch": name, "config": asdict(cfg), "train": train.semantic(), "store": store_meta}
     return json.loads(json.dumps(key, default=str))  # tuples -> lists, as after a JSON round trip
-
-
-def _pick_device(spec: str, world: World) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: CUDA is not available")
-    if spec.startswith("cuda") and world.size > 1:  # one GPU per rank, as torchrun numbers them
-        return torch.device("cuda", world.local_rank)
-    return torch.device(spec)
 
 
 def _on_main(world: World, fn: Callable[[], Any]) -> Any:
@@ -151,7 +141,6 @@ def _run(members: list[Member], source: Source, train: TrainConfig, start: int,
     main = world.is_main  # only rank 0 shows progress and writes
     warm = warmup_steps(n_steps, train.warmup_steps)
     wandb_run = _wandb(train, members) if main else None
-    use_bf16 = device.type == "cuda"
     t0, bar = time.perf_counter(), tqdm(
         total=n_steps * train.batch_size, initial=start * train.batch_size, unit="tok",
         unit_scale=True, disable=not (train.progress and main), dynamic_ncols=True)
@@ -163,12 +152,14 @@ def _run(members: list[Member], source: Source, train: TrainConfig, start: int,
             if step == 0:
                 _init_b_dec(members, world.gather(x).flatten(0, 1), train.b_dec_init)
             lrs = [m.base_lr * lr_factor(step, n_steps, warm, train.decay_frac) for m in members]
+            on = placement.placed(x, grad, members)  # the batch on every member device, once
             for m, lr in zip(members, lrs, strict=True):
                 seen = step * train.batch_size
                 dead = m.dead.mask() if seen >= m.dead.window else None
-                autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16
-                            else contextlib.nullcontext())
-                member.step(m, x, StepContext(step, dead, grad, world), lr, autocast, world)
+                mx, mgrad = on[placement.device_of(m)]
+                autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                            if mx.device.type == "cuda" else contextlib.nullcontext())
+                member.step(m, mx, StepContext(step, dead, mgrad, world), lr, autocast, world)
             bar.update(train.batch_size)
             done = step + 1
             if done % train.log_every == 0 or done == n_steps:
@@ -267,18 +258,19 @@ def _train(source: Source, configs: Sequence[Any], out_dirs: list[Path], store_m
         if world.is_main:
             print(f"already trained: {', '.join(str(d) for d in out_dirs)}")
         return
-    device = _pick_device(train.device, world)
-    if device.type == "cuda":
+    devices = placement.devices(train, world)
+    device = devices[0]  # where batches arrive; members on other devices get a copy
+    if any(d.type == "cuda" for d in devices):
         torch.set_float32_matmul_precision("high")  # TF32: plenty for SAE training
     n_steps = train.tokens // train.batch_size
     window = min(train.dead_window, n_steps * train.batch_size)
-    members = [member.build(c, d, k, train, source.d_in, window, device)
-               for c, d, k in zip(configs, out_dirs, keys, strict=True)]
+    members = [member.build(c, d, k, train, source.d_in, window, devices[i % len(devices)])
+               for i, (c, d, k) in enumerate(zip(configs, out_dirs, keys, strict=True))]
     scale = world.broadcast(math.sqrt(source.d_in) / source.stats().mean_norm)
     # Rank 0's newest checkpoint; every rank then reads it (--out on a filesystem all see).
     start = _on_main(world, lambda: checkpoint.latest_common_step(out_dirs) or 0)
     if start:
-        states = [checkpoint.load(m.out_dir, start, device) for m in members]
+        states = [checkpoint.load(m.out_dir, start, placement.device_of(m)) for m in members]
         scale = states[0]["scale"]
         for m, state in zip(members, states, strict=True):
             member.restore(m, state)
