@@ -24,17 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from store.ranks import Ranks
 
-class World:
-    """This process's place among the ranks, and the collectives the trainers use."""
 
-    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0) -> None:
-        self.rank, self.size, self.local_rank = rank, size, local_rank
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the one process that writes files and shows progress."""
-        return self.rank == 0
+class World(Ranks):
+    """This process's place among the ranks (rank, size, is_main, barrier and broadcast come
+    from store.ranks, which caching shares), and the collectives the trainers use."""
 
     def _reduce(self, t: Tensor, op: Any) -> Tensor:
         if self.size > 1:
@@ -61,23 +56,11 @@ class World:
         dist.all_gather(parts, t.contiguous())
         return torch.stack(parts)
 
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's picklable `obj`, on every rank (decisions only rank 0 can take: its disk)."""
-        if self.size == 1:
-            return obj
-        box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank if `flag` is true on any (e.g. one rank saw Ctrl-C)."""
         if self.size == 1:
             return flag
         return bool(self.max(torch.tensor([int(flag)], device=device)))
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
 
 
 SINGLE = World()
