@@ -30,6 +30,8 @@ VIEWS: dict[str, str] = {
     "training_curves": "saes/*/curves.parquet",
     "eval_metrics": "saes/*/evals/*.parquet",
     "feature_counts": "saes/*/features/fire_counts.parquet",
+    # Written by `saebench eval --evals autointerp`: one explanation and score per latent.
+    "explanations": "saes/*/features/explanations.parquet",
     # Written by `saebench eval --evals synthetic`: one wide row per SAE.
     "synthetic_metrics": "saes/*/synthetic.parquet",
     # Written by `saebench index` (schema: saebench/index/schema.py).

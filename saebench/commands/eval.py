@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
@@ -33,6 +34,8 @@ class Args:
     """Settings of the core eval."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Settings of the synthetic (ground-truth) eval."""
+    autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
+    """Settings of the autointerp eval (--autointerp.base-url for an LLM; offline otherwise)."""
     workspace: Path | None = None
     """Workspace that the synthetic eval trains its SAEs into (saes/synthetic-*), e.g. runs/x."""
     markdown: bool = False

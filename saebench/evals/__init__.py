@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
+from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
@@ -42,6 +43,11 @@ EVALS: dict[str, EvalSpec] = {
         config=SyntheticConfig,
         module="saebench.evals.synthetic",
         summary="train every architecture on SAELens synthetic data; MCC etc. vs the truth",
+    ),
+    "autointerp": EvalSpec(
+        config=AutointerpConfig,
+        module="saebench.evals.autointerp",
+        summary="explain sampled latents from their contexts; detection accuracy (LLM or lexical)",
     ),
 }
 
