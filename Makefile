@@ -30,9 +30,11 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium not installed: the browser test will be skipped"
 
-# Fetches Jane Austen and the Python docs from Debian's packages into the user cache (once).
+# Fetches Jane Austen and the Python docs from Debian's packages into the user cache (once),
+# and the sae-probes wheel's labelled CSVs for probing evals (offline: warn and go on).
 corpus: $(STAMP)
 	$(PY) -m store.corpus
+	$(PY) -m store.probe_datasets || echo "sae-probes wheel not fetched: probing uses the corpus sets"
 
 # The demo: cache 250k tokens of SmolLM2's mid-depth residual stream, train a TopK SAE on
 # them, evaluate and index it, then print a summary. Each step resumes where it stopped and is

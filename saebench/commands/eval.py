@@ -12,6 +12,7 @@ from pathlib import Path
 
 from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
+from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
 
@@ -36,6 +37,8 @@ class Args:
     """Settings of the synthetic (ground-truth) eval."""
     autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
     """Settings of the autointerp eval (--autointerp.base-url for an LLM; offline otherwise)."""
+    sparse_probing: SparseProbingConfig = field(default_factory=SparseProbingConfig)
+    """Settings of the sparse probing eval (datasets, sizes, k values)."""
     workspace: Path | None = None
     """Workspace that the synthetic eval trains its SAEs into (saes/synthetic-*), e.g. runs/x."""
     markdown: bool = False

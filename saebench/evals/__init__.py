@@ -14,6 +14,7 @@ from types import ModuleType
 
 from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
+from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
 
@@ -48,6 +49,11 @@ EVALS: dict[str, EvalSpec] = {
         config=AutointerpConfig,
         module="saebench.evals.autointerp",
         summary="explain sampled latents from their contexts; detection accuracy (LLM or lexical)",
+    ),
+    "sparse_probing": EvalSpec(
+        config=SparseProbingConfig,
+        module="saebench.evals.sparse_probing",
+        summary="top-k latent probes on mean-pooled codes per labelled text set (SAEBench)",
     ),
 }
 
