@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saebench.evals.autointerp_config import AutointerpConfig
+from saebench.evals.absorption_config import AbsorptionConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
@@ -39,6 +40,8 @@ class Args:
     """Settings of the autointerp eval (--autointerp.base-url for an LLM; offline otherwise)."""
     sparse_probing: SparseProbingConfig = field(default_factory=SparseProbingConfig)
     """Settings of the sparse probing eval (datasets, sizes, k values)."""
+    absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
+    """Settings of the absorption eval (first-letter probes; --absorption.max-words subsamples)."""
     workspace: Path | None = None
     """Workspace that the synthetic eval trains its SAEs into (saes/synthetic-*), e.g. runs/x."""
     markdown: bool = False

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from saebench.evals.autointerp_config import AutointerpConfig
+from saebench.evals.absorption_config import AbsorptionConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
@@ -54,6 +55,11 @@ EVALS: dict[str, EvalSpec] = {
         config=SparseProbingConfig,
         module="saebench.evals.sparse_probing",
         summary="top-k latent probes on mean-pooled codes per labelled text set (SAEBench)",
+    ),
+    "absorption": EvalSpec(
+        config=AbsorptionConfig,
+        module="saebench.evals.absorption",
+        summary="first-letter feature absorption: probe vs k-sparse main latents (SAEBench)",
     ),
 }
 
