@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.absorption_config import AbsorptionConfig
+from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig

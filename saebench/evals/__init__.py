@@ -12,8 +12,8 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.absorption_config import AbsorptionConfig
+from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
