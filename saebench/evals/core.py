@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from saebench.evals import core_saebench
 from saebench.evals.configs import DEFAULT_CE_TOKENS, CoreConfig
 from saebench.evals.context import HELDOUT, EvalContext, EvalResult
 from saebench.evals.downstream import GRAD_AWARE, downstream_metrics
@@ -26,11 +27,16 @@ from saebench.evals.features import (
     FireCounter,
     count_windows,
     decoder_max_cos,
+    encoder_metrics,
+    encoder_stats,
     feature_metrics,
     fire_count_table,
 )
 from saebench.evals.reconstruction import ReconstructionStats
 from store.errors import UserError
+
+# The results in SAEBench core's output schema (evals/core.saebench.json; saebench_format.py).
+saebench_output = core_saebench.saebench_output
 
 
 @dataclass(frozen=True)
@@ -174,13 +180,17 @@ def run(ctx: EvalContext, cfg: CoreConfig) -> EvalResult:
     p = plan(ctx, cfg)
     recon, fires = stream(ctx, cfg, p.n_tokens)
     max_cos = decoder_max_cos(ctx.sae.W_dec)
+    enc = encoder_stats(ctx.sae)
     metrics = recon.compute() | feature_metrics(fires, cfg.dead_window, max_cos)
+    metrics |= encoder_metrics(enc)
     notes = {
         "tokens": f"{recon.n} held-out tokens from {ctx.store_path or 'the store'}, BOS excluded",
         "dead": f"no nonzero code within the first {int(metrics['dead_window_tokens'])} tokens",
         "dense": "fires on more than 1% (10%) of all eval tokens",
         "mse": "E||x - x_hat||^2: summed over d_in, averaged over tokens",
     }
+    if enc is None:
+        notes["encoder"] = "no encoder (e.g. matching pursuit): encoder statistics skipped"
     grad_aware = hasattr(ctx.sae, "encode_with_grad")
     if grad_aware:
         recon_g, grad_source = stream_grad_aware(ctx, cfg, p.n_tokens)
@@ -215,5 +225,5 @@ def run(ctx: EvalContext, cfg: CoreConfig) -> EvalResult:
     return EvalResult(
         metrics=metrics,
         notes=notes,
-        tables={"fire_counts": fire_count_table(fires, max_cos)},
+        tables={"fire_counts": fire_count_table(fires, max_cos, enc)},
     )

@@ -24,6 +24,7 @@ from torch import Tensor
 
 DENSITY_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 DENSE_THRESHOLDS = {"1pct": 0.01, "10pct": 0.1}  # DESIGN.md §5: more than 1%, and than 10%
+ENCODER_COLUMNS = ("encoder_norm", "encoder_bias", "enc_dec_cos", "max_enc_cos")
 
 
 def count_windows(total: int, dead_window: int, smallest: int = 1000) -> list[int]:
@@ -86,6 +87,37 @@ def decoder_max_cos(
     return out
 
 
+@torch.no_grad()
+def encoder_stats(sae) -> dict[str, Tensor] | None:
+    """Per-latent encoder statistics of SAEBench core's per-feature table (from SAELens's
+    `get_featurewise_weight_based_metrics`): the encoder row's norm, its bias, its cosine with
+    the latent's decoder row, and its largest cosine with another latent's encoder row.
+    None for architectures without an encoder (matching pursuit codes by greedy search)."""
+    W_enc = getattr(sae, "W_enc", None)
+    if not isinstance(W_enc, Tensor):
+        return None
+    enc = W_enc.detach().float().T  # [d_sae, d_in]: latent i's encoder direction
+    b_enc = getattr(sae, "b_enc", None)
+    bias = b_enc.detach().float().cpu() if isinstance(b_enc, Tensor) else None
+    return {
+        "encoder_norm": enc.norm(dim=-1).cpu(),
+        "encoder_bias": torch.full((enc.shape[0],), math.nan) if bias is None else bias,
+        "enc_dec_cos": F.cosine_similarity(enc, sae.W_dec.detach().float(), dim=-1).cpu(),
+        "max_enc_cos": decoder_max_cos(enc),  # the same chunked max, over encoder rows
+    }
+
+
+def encoder_metrics(enc: dict[str, Tensor] | None) -> dict[str, float]:
+    """Means over latents of the encoder statistics (empty without an encoder)."""
+    if enc is None:
+        return {}
+    out = {}
+    for name in ("enc_dec_cos", "max_enc_cos", "encoder_norm"):
+        finite = enc[name][~enc[name].isnan()]
+        out[f"{name}_mean"] = float(finite.mean()) if finite.numel() else math.nan
+    return out
+
+
 def feature_metrics(counter: FireCounter, dead_window: int, max_cos: Tensor) -> dict[str, float]:
     """Dead and dense percentages, log10 density quantiles and max-cosine summaries."""
     total = counter.seen
@@ -110,14 +142,21 @@ def feature_metrics(counter: FireCounter, dead_window: int, max_cos: Tensor) -> 
     return metrics
 
 
-def fire_count_table(counter: FireCounter, max_cos: Tensor) -> dict[str, np.ndarray]:
-    """Columns of `features/fire_counts.parquet`: one row per (latent, window)."""
+def fire_count_table(
+    counter: FireCounter, max_cos: Tensor, enc: dict[str, Tensor] | None = None
+) -> dict[str, np.ndarray]:
+    """Columns of `features/fire_counts.parquet`: one row per (latent, window); the weight
+    statistics repeat on every window's row (NaN where the SAE has no encoder)."""
     windows = sorted({*counter.snapshots, counter.seen})
     d_sae = counter.fires.shape[0]
     fires = torch.stack([counter.window(w) for w in windows])  # [n_windows, d_sae]
+    per_latent = {"max_cos": max_cos}
+    for name in ENCODER_COLUMNS:
+        per_latent[name] = torch.full((d_sae,), math.nan) if enc is None else enc[name]
     return {
         "latent": np.tile(np.arange(d_sae, dtype=np.int32), len(windows)),
         "tokens_seen": np.repeat(np.array(windows, dtype=np.int64), d_sae),
         "fires": fires.reshape(-1).numpy().astype(np.int64),
-        "max_cos": np.tile(max_cos.numpy().astype(np.float32), len(windows)),
+    } | {
+        name: np.tile(v.numpy().astype(np.float32), len(windows)) for name, v in per_latent.items()
     }

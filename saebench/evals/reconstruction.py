@@ -9,6 +9,9 @@ Definitions (DESIGN.md §5, binding):
 - cosine: mean over tokens of cos(x, x̂); a zero vector has cosine 0 (torch's eps clamp).
 - Relative reconstruction bias: E‖x̂‖² / E⟨x, x̂⟩ (Rajamanoharan et al. 2024, "Improving
   Dictionary Learning with Gated SAEs", eq. 10): 1 when unbiased, below 1 under shrinkage.
+- L1: mean over tokens of Σ|codes| (abs, so signed codes cannot cancel; SAELens's `l1`).
+- L2 norms and ratio: mean ‖x‖, mean ‖x̂‖ and mean per-token ‖x̂‖/‖x‖ (SAELens's and SAEBench
+  core's `l2_norm_in`, `l2_norm_out`, `l2_ratio`; as there, a ‖x‖ below 1e-4 divides by 1).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class ReconstructionStats:
         self.sum_cos = 0.0
         self.sum_xhat_sq = 0.0
         self.sum_x_dot_xhat = 0.0
+        self.sum_l1 = 0.0
+        self.sum_norm_in = 0.0
+        self.sum_norm_out = 0.0
+        self.sum_l2_ratio = 0.0
 
     @torch.no_grad()
     def update(
@@ -59,6 +66,11 @@ class ReconstructionStats:
         self.sum_cos += float(F.cosine_similarity(x, x_hat, dim=-1).sum())
         self.sum_xhat_sq += float(x_hat.pow(2).sum())
         self.sum_x_dot_xhat += float((x * x_hat).sum())
+        self.sum_l1 += float(codes.abs().sum())
+        norm_in, norm_out = x.norm(dim=-1), x_hat.norm(dim=-1)
+        self.sum_norm_in += float(norm_in.sum())
+        self.sum_norm_out += float(norm_out.sum())
+        self.sum_l2_ratio += float((norm_out / torch.where(norm_in < 1e-4, 1.0, norm_in)).sum())
 
     def total_variance(self) -> float:
         """E‖x - E[x]‖², summed over dimensions (population variance, divided by n)."""
@@ -82,4 +94,8 @@ class ReconstructionStats:
             "cosine_sim": self.sum_cos / self.n,
             "relative_reconstruction_bias": bias,
             "total_variance": var,
+            "l1": self.sum_l1 / self.n,
+            "l2_norm_in": self.sum_norm_in / self.n,
+            "l2_norm_out": self.sum_norm_out / self.n,
+            "l2_ratio": self.sum_l2_ratio / self.n,
         }

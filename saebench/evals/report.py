@@ -105,10 +105,11 @@ def write_result(
 
 # Metric name prefix -> section of the stdout table, in display order.
 SECTIONS = {
-    "reconstruction": ("n_tokens", "l0", "mse", "explained_variance", "fvu", "cosine_sim",
-                       "relative_reconstruction_bias", "total_variance"),
+    "reconstruction": ("n_tokens", "l0", "l1", "mse", "explained_variance", "fvu", "cosine_sim",
+                       "relative_reconstruction_bias", "total_variance", "l2_"),
     "downstream": ("ce_", "delta_ce", "kl_"),
-    "features": ("dead_window", "pct_", "log10_density", "max_cos"),
+    "features": ("dead_window", "pct_", "log10_density", "max_cos", "enc_dec_cos", "max_enc_cos",
+                 "encoder_norm"),
     "gradient-aware selection (g-SAE)": ("grad_aware/",),
 }
 

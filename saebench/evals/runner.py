@@ -9,6 +9,7 @@ from pathlib import Path
 from saebench.evals import get_eval
 from saebench.evals.context import EvalContext, EvalResult, sae_name
 from saebench.evals.report import format_table, write_result
+from saebench.evals.saebench_format import write_saebench
 from store.catalog import workspace_of
 from store.errors import UserError
 
@@ -119,7 +120,10 @@ def run_evals(
         json_path = write_result(
             sae_dir, name, configs[name], result, ctx.sae_cfg, ctx.store.meta, ctx.store_path
         )
+        saebench_path = write_saebench(module, name, configs[name], result, ctx.sae_cfg, sae_dir)
         echo(format_table(name, sae_name(sae_dir), result))
         echo(f"  wrote {json_path} and the catalog rows")
+        if saebench_path is not None:
+            echo(f"  wrote {saebench_path} (SAEBench's output schema)")
         results[name] = result
     return results
