@@ -119,7 +119,7 @@ def run(ctx: EvalContext, cfg: AutointerpConfig) -> EvalResult:
         "n_sampled": float(len(latents)),
         "n_skipped": float(len(latents) - len(contexts)),
         "n_unparsed": float(sum(math.isnan(s) for s in scores)),
-        "n_tokens": float(n_tokens),
+        "tokens_read": float(n_tokens),
     }
     notes = {
         "protocol": f"per latent: explanation from {cfg.n_top_explain} top + {cfg.n_iw_explain} "

@@ -35,8 +35,6 @@ class ChatClient:
     retries: int = 3
     retry_wait_s: float = 1.0
     timeout_s: float = 60.0
-    calls: int = 0
-    """Requests sent, retries included (for the report)."""
 
     @classmethod
     def from_config(cls, cfg: AutointerpConfig) -> ChatClient:
@@ -57,7 +55,6 @@ class ChatClient:
 
     def _send(self, body: bytes) -> bytes:
         """One attempt; raises _Transient for what a retry may cure, UserError otherwise."""
-        self.calls += 1
         try:
             with urllib.request.urlopen(self._request(body), timeout=self.timeout_s) as resp:
                 return resp.read()
