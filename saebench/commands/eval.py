@@ -13,6 +13,8 @@ from pathlib import Path
 from saebench.evals.absorption_config import AbsorptionConfig
 from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
+from saebench.evals.mdl_config import MDLConfig
+from saebench.evals.meta_config import MetaStructureConfig
 from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
@@ -34,6 +36,10 @@ class Args:
     """Which evals to run, in order (see saebench.evals.EVALS): core, synthetic."""
     core: CoreConfig = field(default_factory=CoreConfig)
     """Settings of the core eval."""
+    meta_structure: MetaStructureConfig = field(default_factory=MetaStructureConfig)
+    """Settings of the meta-SAE (decoder structure) eval."""
+    mdl: MDLConfig = field(default_factory=MDLConfig)
+    """Settings of the description-length eval."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Settings of the synthetic (ground-truth) eval."""
     autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)

@@ -15,6 +15,8 @@ from types import ModuleType
 from saebench.evals.absorption_config import AbsorptionConfig
 from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
+from saebench.evals.mdl_config import MDLConfig
+from saebench.evals.meta_config import MetaStructureConfig
 from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
@@ -36,6 +38,16 @@ class EvalSpec:
 
 
 EVALS: dict[str, EvalSpec] = {
+    "meta_structure": EvalSpec(
+        config=MetaStructureConfig,
+        module="saebench.evals.meta_structure",
+        summary="variance of the decoder rows a small BatchTopK meta-SAE explains (weights only)",
+    ),
+    "mdl": EvalSpec(
+        config=MDLConfig,
+        module="saebench.evals.mdl",
+        summary="bits per token of the codes, binned per latent within a reconstruction tolerance",
+    ),
     "core": EvalSpec(
         config=CoreConfig,
         module="saebench.evals.core",
