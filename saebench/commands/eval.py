@@ -20,6 +20,7 @@ from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
 
 SYNTHETIC = "synthetic"
+ALL = "all"
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ class Args:
     """Activation store (*.duckdb) whose held-out split is used; default: the store recorded
     in the SAE folder. It must hold the SAE's hook and d_in."""
     evals: tuple[str, ...] = ("core",)
-    """Which evals to run, in order (see saebench.evals.EVALS): core, synthetic."""
+    """Which evals to run, in order: core, sparse_probing, absorption, autointerp,
+    meta_structure, mdl, synthetic; `all` runs every eval that applies to the SAE (all but
+    synthetic), skipping the others with a one-line reason."""
     core: CoreConfig = field(default_factory=CoreConfig)
     """Settings of the core eval."""
     meta_structure: MetaStructureConfig = field(default_factory=MetaStructureConfig)
@@ -60,7 +63,10 @@ def _check(args: Args) -> None:
     from saebench.evals import get_eval
 
     for name in args.evals:
-        get_eval(name)  # an unknown name fails before anything is loaded
+        if name != ALL:
+            get_eval(name)  # an unknown name fails before anything is loaded
+    if ALL in args.evals and len(args.evals) > 1:
+        raise UserError("--evals all runs every eval: give it alone")
     if SYNTHETIC in args.evals:
         if args.workspace is None:
             raise UserError("--evals synthetic trains its own SAEs: pass --workspace DIR")
@@ -97,5 +103,9 @@ def main(args: Args) -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ctx = open_context(args.sae, args.store, device)
-    configs = {name: getattr(args, name) for name in args.evals}
-    run_evals(ctx, args.sae, tuple(args.evals), configs)
+    from saebench.evals import EVALS
+
+    every = ALL in args.evals
+    names = tuple(n for n in EVALS if n != SYNTHETIC) if every else tuple(args.evals)
+    configs = {name: getattr(args, name) for name in names}
+    run_evals(ctx, args.sae, names, configs, skip_inapplicable=every)

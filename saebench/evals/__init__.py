@@ -38,16 +38,7 @@ class EvalSpec:
 
 
 EVALS: dict[str, EvalSpec] = {
-    "meta_structure": EvalSpec(
-        config=MetaStructureConfig,
-        module="saebench.evals.meta_structure",
-        summary="variance of the decoder rows a small BatchTopK meta-SAE explains (weights only)",
-    ),
-    "mdl": EvalSpec(
-        config=MDLConfig,
-        module="saebench.evals.mdl",
-        summary="bits per token of the codes, binned per latent within a reconstruction tolerance",
-    ),
+# In the order `--evals all` runs them (synthetic aside: it needs no SAE).
     "core": EvalSpec(
         config=CoreConfig,
         module="saebench.evals.core",
@@ -58,11 +49,6 @@ EVALS: dict[str, EvalSpec] = {
         module="saebench.evals.synthetic",
         summary="train every architecture on SAELens synthetic data; MCC etc. vs the truth",
     ),
-    "autointerp": EvalSpec(
-        config=AutointerpConfig,
-        module="saebench.evals.autointerp",
-        summary="explain sampled latents from their contexts; detection accuracy (LLM or lexical)",
-    ),
     "sparse_probing": EvalSpec(
         config=SparseProbingConfig,
         module="saebench.evals.sparse_probing",
@@ -72,6 +58,21 @@ EVALS: dict[str, EvalSpec] = {
         config=AbsorptionConfig,
         module="saebench.evals.absorption",
         summary="first-letter feature absorption: probe vs k-sparse main latents (SAEBench)",
+    ),
+    "autointerp": EvalSpec(
+        config=AutointerpConfig,
+        module="saebench.evals.autointerp",
+        summary="explain sampled latents from their contexts; detection accuracy (LLM or lexical)",
+    ),
+    "meta_structure": EvalSpec(
+        config=MetaStructureConfig,
+        module="saebench.evals.meta_structure",
+        summary="variance of the decoder rows a small BatchTopK meta-SAE explains (weights only)",
+    ),
+    "mdl": EvalSpec(
+        config=MDLConfig,
+        module="saebench.evals.mdl",
+        summary="bits per token of the codes, binned per latent within a reconstruction tolerance",
     ),
 }
 

@@ -107,13 +107,23 @@ def run_evals(
     names: tuple[str, ...],
     configs: dict[str, object],
     echo: Callable[[str], None] = print,
+    skip_inapplicable: bool = False,
 ) -> dict[str, EvalResult]:
-    """Check every requested eval, then run each and write its artifacts as it finishes."""
+    """Check every requested eval, then run each and write its artifacts as it finishes.
+
+    `skip_inapplicable` (`--evals all`): an eval whose check fails is skipped with its one-line
+    reason instead of stopping the others."""
     if not names:
         raise UserError("no evals requested")
     modules = {name: get_eval(name).load() for name in names}
-    for name, module in modules.items():
-        module.check(ctx, configs[name])  # every check before any run: bad input, no artifact
+    for name, module in list(modules.items()):
+        try:
+            module.check(ctx, configs[name])  # every check before any run: no artifact
+        except UserError as err:
+            if not skip_inapplicable:
+                raise
+            echo(f"  skipped {name}: {err}")
+            del modules[name]
     results = {}
     for name, module in modules.items():
         result = module.run(ctx, configs[name])
