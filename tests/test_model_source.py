@@ -121,3 +121,29 @@ def test_store_or_model(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and message in err[-1] and len(err) == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_two_ranks_stream_what_one_process_streams(tmp_path):
+    """Under torchrun every rank runs the producer; rank 0 alone writes --cache-to, and every
+    rank then helps finish it."""
+    import socket
+    import subprocess
+    import sys
+
+    flags = _train(tmp_path, "one", tokens=2048)
+    assert cli(flags) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = [a if a != str(tmp_path / "one") else str(tmp_path / "two") for a in flags]
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "saebench", *two,
+         "--cache-to", str(tmp_path / "w.duckdb")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "sae_weights.safetensors")
+    b = load_file(tmp_path / "two" / "sae_weights.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # measured: 6e-8
+    assert open_store(tmp_path / "w.duckdb").meta["status"] == "complete"
