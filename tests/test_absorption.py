@@ -182,3 +182,31 @@ def test_too_few_words_skips_with_reason(bpe):
     result = run(ctx, AbsorptionConfig(max_words=12))  # a test split of 3 words
     assert result.metrics == {"skipped": 1.0}
     assert "a split of 3 cannot fill 10 ICL examples" in result.notes["skipped"]
+
+
+def test_prompt_activations_are_cached_per_prompt_set(bpe, tmp_path, monkeypatch):
+    """One model pass per (model, hook, prompts): a second SAE reads the saved activations, a
+    changed seed builds afresh, and a build that dies leaves no file behind."""
+    import saebench.evals.absorption_data as data
+
+    calls = []
+
+    def fake_collect(model, hook, prompts, batch):
+        calls.append(len(prompts))
+        if model == "crash":
+            raise KeyboardInterrupt
+        return torch.arange(len(prompts) * 3, dtype=torch.float32).reshape(-1, 3)
+
+    monkeypatch.setattr(data, "collect", fake_collect)
+    words = alpha_words(bpe)
+    cfg = AbsorptionConfig(max_icl_examples=2)
+    builder = PromptBuilder(bpe, cfg.prompt_template, bpe.bos_token_id)
+    first = data.make_split("m", "h", builder, words, cfg, 0, tmp_path, "org/m")
+    again = data.make_split("m", "h", builder, words, cfg, 0, tmp_path, "org/m")
+    assert calls == [len(words)] and torch.equal(first.x, again.x)
+    assert list(again.letters) == [w.letter for w in words]
+    data.make_split("m", "h", builder, words, cfg, 1, tmp_path, "org/m")  # other ICL examples
+    assert calls == [len(words)] * 2 and len(list(tmp_path.glob("absorption.m.h.*.pt"))) == 2
+    with pytest.raises(KeyboardInterrupt):
+        data.make_split("crash", "h", builder, words, cfg, 2, tmp_path, "org/m")
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".pt", ".pt"]

@@ -17,6 +17,7 @@ over letters whose probe has test F1 > 0.6, if at least 20 such letters exist.
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -163,6 +164,14 @@ def check(ctx: EvalContext, cfg: AbsorptionConfig) -> None:
         raise UserError(f"absorption prompt_template has no {{word}}: {cfg.prompt_template!r}")
 
 
+def cache_root(ctx: EvalContext) -> Path | None:
+    """Where the prompts' activations are cached: the local workspace's eval_stores folder
+    (beside the probing evals' stores); None for a remote store (no cache)."""
+    if not ctx.store_path or "://" in ctx.store_path:
+        return None
+    return Path(ctx.store_path).parent / "eval_stores"
+
+
 def run(ctx: EvalContext, cfg: AbsorptionConfig) -> EvalResult:
     """Build first-letter prompts from the model's vocabulary, read activations at the SAE's
     hook, and score absorption."""
@@ -178,6 +187,8 @@ def run(ctx: EvalContext, cfg: AbsorptionConfig) -> EvalResult:
                        f"{cfg.max_icl_examples} ICL examples plus the target")
     bos = ctx.store.meta.get("bos_token_id", model.tokenizer.bos_token_id)
     builder = PromptBuilder(model.tokenizer, cfg.prompt_template, bos)
-    train = make_split(model, ctx.hook, builder, train_words, cfg, cfg.seed)
-    test = make_split(model, ctx.hook, builder, test_words, cfg, cfg.seed + 1)
+    root = cache_root(ctx)
+    name = str(ctx.store.meta.get("model", ""))
+    train = make_split(model, ctx.hook, builder, train_words, cfg, cfg.seed, root, name)
+    test = make_split(model, ctx.hook, builder, test_words, cfg, cfg.seed + 1, root, name)
     return score(ctx.sae, train, test, cfg)

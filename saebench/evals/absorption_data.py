@@ -11,9 +11,11 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from jaxtyping import Float
 from torch import Tensor
 
@@ -140,20 +142,30 @@ def collect(
     by_len: dict[int, list[int]] = {}
     for i, (ids, _) in enumerate(prompts):
         by_len.setdefault(len(ids), []).append(i)
-    for rows in by_len.values():
-        for lo in range(0, len(rows), batch):
-            part = rows[lo : lo + batch]
-            tokens = torch.tensor([prompts[i][0] for i in part], device=device)
-            acts, _ = forward(model, hook, tokens, False)
-            pos = torch.tensor([prompts[i][1] for i in part], device=device)
-            picked = acts[torch.arange(len(part), device=device), pos].float().cpu()
-            for i, row in zip(part, picked, strict=True):
-                out[i] = row
+    chunks = [rows[lo : lo + batch] for rows in by_len.values()
+              for lo in range(0, len(rows), batch)]
+    # The full vocabulary is tens of thousands of prompts: minutes to an hour on a CPU.
+    bar = tqdm(chunks, desc="absorption prompts", unit="batch", disable=len(chunks) < 4)
+    for part in bar:
+        tokens = torch.tensor([prompts[i][0] for i in part], device=device)
+        acts, _ = forward(model, hook, tokens, False)
+        pos = torch.tensor([prompts[i][1] for i in part], device=device)
+        picked = acts[torch.arange(len(part), device=device), pos].float().cpu()
+        for i, row in zip(part, picked, strict=True):
+            out[i] = row
     return torch.stack(out)  # type: ignore[arg-type]  # every slot was filled above
 
 
-def make_split(model, hook: str, builder, words: list[Word], cfg, seed: int) -> Split:
-    """Prompts, activations and labels for one split's words."""
-    x = collect(model, hook, build_prompts(builder, words, cfg, seed), cfg.batch_prompts)
+def make_split(model, hook: str, builder, words: list[Word], cfg, seed: int,
+               cache_root: Path | None = None, model_name: str = "") -> Split:
+    """Prompts, activations and labels for one split's words; with `cache_root`, the
+    activations are read from (or saved to) that folder, keyed by the exact prompts."""
+    from saebench.evals.absorption_cache import cache_key, cache_path, load_or_build
+
+    prompts = build_prompts(builder, words, cfg, seed)
     letters = np.array([w.letter for w in words], dtype=np.int64)
-    return Split(x, letters, [w.text for w in words])
+    path = None
+    if cache_root is not None:
+        path = cache_path(cache_root, model_name, hook, cache_key(model_name, hook, prompts))
+    return load_or_build(path, [w.text for w in words], letters,
+                         lambda: collect(model, hook, prompts, cfg.batch_prompts))
