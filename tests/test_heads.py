@@ -91,18 +91,22 @@ def test_discrete_sae_ranking_is_deterministic_and_scored(planted):
     assert 0.0 <= auc <= 1.0 and 0.0 < f1 <= 1.0
 
 
-@pytest.mark.xfail(
-    reason="the previous-token head behaves alike on clean and corrupt prompts, so codes unique "
-    "to positives cannot single it out, while random distractors reach 0.8 by chance; mean AUC "
-    "measured 0.71 over prompt seeds 0-2 (0.86 over 0-9); the gated plant below reaches 1.0",
-    strict=False,
-)
 def test_discrete_sae_auc_on_planted_circuit(planted):
+    """Discrete SAEs rank the induction plant's heads better than chance, not perfectly.
+
+    The previous-token head behaves alike on clean and corrupt prompts, so codes unique to
+    positives cannot single it out, and random distractors sometimes outrank it. Mean AUC over
+    prompt seeds 0-2 measured 0.71 (AMD EPYC, no AVX-512), 0.83 (Intel Xeon with AVX-512; per
+    seed 0.92, 0.63, 0.96) and >= 0.9 on a third machine: the planted model's training differs
+    in the last bits between CPUs' kernels, and the ranking amplifies that. So this asserts the
+    bound that holds on all three, better than chance (0.6), not the 0.9 of the gated plant
+    below, which reaches 1.0 on every machine. (It was an xfail at 0.9: it passed on one CPU.)
+    """
     cfg, _ = planted
     truth = {f"{layer}.{head}" for layer, head in enumerate(cfg.writers)}
     aucs = [roc_auc(_sae_scores(planted, seed), truth) for seed in range(3)]
     print(f"discrete-SAE heads on the induction plant: AUC per seed {aucs}")
-    assert sum(aucs) / len(aucs) >= 0.9
+    assert sum(aucs) / len(aucs) >= 0.6
 
 
 @pytest.fixture(scope="module")
