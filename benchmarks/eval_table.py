@@ -31,6 +31,8 @@ HEADLINE = {
     "sparse_probing": ("llm_test_accuracy", "sae_top_1_test_accuracy",
                        "sae_top_5_test_accuracy"),
     "absorption": ("mean_absorption_fraction_score", "mean_full_absorption_score"),
+    "scr": ("scr_metric_threshold_2", "scr_metric_threshold_20"),
+    "tpp": ("tpp_threshold_2_total_metric", "tpp_threshold_20_total_metric"),
 }
 
 

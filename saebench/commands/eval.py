@@ -15,6 +15,7 @@ from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.mdl_config import MDLConfig
 from saebench.evals.meta_config import MetaStructureConfig
+from saebench.evals.scr_tpp_config import ScrConfig, TppConfig
 from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
@@ -34,7 +35,7 @@ class Args:
     """Activation store (*.duckdb) whose held-out split is used; default: the store recorded
     in the SAE folder. It must hold the SAE's hook and d_in."""
     evals: tuple[str, ...] = ("core",)
-    """Which evals to run, in order: core, sparse_probing, absorption, autointerp,
+    """Which evals to run, in order: core, sparse_probing, scr, tpp, absorption, autointerp,
     meta_structure, mdl, synthetic; `all` runs every eval that applies to the SAE (all but
     synthetic), skipping the others with a one-line reason."""
     core: CoreConfig = field(default_factory=CoreConfig)
@@ -49,6 +50,10 @@ class Args:
     """Settings of the autointerp eval (--autointerp.base-url for an LLM; offline otherwise)."""
     sparse_probing: SparseProbingConfig = field(default_factory=SparseProbingConfig)
     """Settings of the sparse probing eval (datasets, sizes, k values)."""
+    scr: ScrConfig = field(default_factory=ScrConfig)
+    """Settings of the spurious correlation removal eval (two-attribute sets, N latents)."""
+    tpp: TppConfig = field(default_factory=TppConfig)
+    """Settings of the targeted probe perturbation eval (multi-class sets, N latents)."""
     absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
     """Settings of the absorption eval (first-letter probes; --absorption.max-words subsamples)."""
     workspace: Path | None = None

@@ -17,6 +17,7 @@ from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.mdl_config import MDLConfig
 from saebench.evals.meta_config import MetaStructureConfig
+from saebench.evals.scr_tpp_config import ScrConfig, TppConfig
 from saebench.evals.sparse_probing_config import SparseProbingConfig
 from saebench.evals.synthetic_config import SyntheticConfig
 from store.errors import UserError
@@ -53,6 +54,16 @@ EVALS: dict[str, EvalSpec] = {
         config=SparseProbingConfig,
         module="saebench.evals.sparse_probing",
         summary="top-k latent probes on mean-pooled codes per labelled text set (SAEBench)",
+    ),
+    "scr": EvalSpec(
+        config=ScrConfig,
+        module="saebench.evals.scr",
+        summary="ablate latents to undo a probe's spurious shortcut: accuracy regained (SAEBench)",
+    ),
+    "tpp": EvalSpec(
+        config=TppConfig,
+        module="saebench.evals.tpp",
+        summary="ablate a class's latents: its probe's accuracy drop minus others' (SAEBench)",
     ),
     "absorption": EvalSpec(
         config=AbsorptionConfig,

@@ -72,21 +72,28 @@ def top_k_by_mean_diff(
     return np.argsort(-diff, kind="stable")[:k]
 
 
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, standardise: bool = False, seed: int = 42):
+    """A logistic-regression probe fitted on the train rows (a pipeline if `standardise`);
+    SCR/TPP keep it to read ablated activations later."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced", random_state=seed)
+    if standardise:
+        probe = make_pipeline(StandardScaler(), probe)
+    with warnings.catch_warnings():  # a constant or separable feature is a result, not an error
+        warnings.simplefilter("ignore")
+        probe.fit(x_train, y_train)
+    return probe
+
+
 def probe_accuracy(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
     standardise: bool = False, seed: int = 42,
 ) -> float:
     """Test accuracy of a logistic-regression probe trained on the train rows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    if standardise:
-        scaler = StandardScaler().fit(x_train)
-        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
-    probe = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced", random_state=seed)
-    with warnings.catch_warnings():  # a constant or separable feature is a result, not an error
-        warnings.simplefilter("ignore")
-        probe.fit(x_train, y_train)
+    probe = fit_probe(x_train, y_train, standardise, seed)
     return float((probe.predict(x_test) == y_test).mean())
 
 
