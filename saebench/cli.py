@@ -21,12 +21,14 @@ COMMANDS = {
     "calibrate": "Shift thresholded SAEs' thresholds so their held-out L0 hits a target.",
     "eval": "Evaluate an SAE on its store's held-out split and record the results.",
     "index": "Index every feature of an SAE: top contexts, histograms, logits, neighbours.",
+    "compare": "Match two SAEs' decoder directions one-to-one; report the features they share.",
     "app": "Browse a workspace's SAEs, features and evals in a local Streamlit app.",
-    "demo": "Run the whole demo: cache, train, evaluate and index a TopK SAE, then summarise.",
+    "demo": "Run the whole demo: cache, train two architectures, evaluate, explain and index them.",
     "info": "Describe a store, an SAE folder or a workspace.",
     "heads": "Rank a model's attention heads for a task with discrete SAEs (seconds).",
     "tasks": "Score a model on the circuit task suites (clean and corrupt prompts).",
     "circuits": "Find a sparse feature circuit for a task across SAEs at several hooks.",
+    "graph": "Attribute one prompt's target-token logit to SAE latents: an attribution graph.",
 }
 
 

@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from store.errors import UserError
 from store.reader import ChunkInfo
 from store.shards import as_tensor, non_bos_rows
 from store.sources import Batch, NormStats, epoch_permutation
@@ -116,7 +117,8 @@ class StoreSource:
             raise ValueError("this store holds no gradients: cache it with --with-grads")
         per_epoch = self.n_tokens // batch_size
         if per_epoch == 0:
-            raise ValueError(f"batch_size {batch_size} exceeds the {self.n_tokens} tokens held")
+            raise UserError(f"--batch-size {batch_size} exceeds the {self.n_tokens} tokens the store "
+                            "holds (BOS excluded): lower --batch-size or cache more tokens")
         epoch, offset = divmod(start, per_epoch)
         with ThreadPoolExecutor(max_workers=1) as pool:
             while True:
