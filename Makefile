@@ -36,10 +36,11 @@ corpus: $(STAMP)
 	$(PY) -m store.corpus
 	$(PY) -m store.probe_datasets || echo "sae-probes wheel not fetched: probing uses the corpus sets"
 
-# The demo: cache 250k tokens of SmolLM2's mid-depth residual stream, train a TopK SAE on
-# them, evaluate and index it, then print a summary. Each step resumes where it stopped and is
-# a no-op once done.
-demo: setup
+# The demo: cache SmolLM2's residual stream after layer 6 (as many tokens as this machine caches
+# in 75 s), train TopK and BatchTopK SAEs on them, evaluate, explain and index both, then print a
+# summary. Each step resumes where it stopped and is a no-op once done. No browser install: only
+# the tests need Chromium.
+demo: $(STAMP) corpus
 	$(VENV)/bin/saebench demo --workspace $(DEMO)
 
 app: $(STAMP)
