@@ -89,6 +89,17 @@ class Workspace:
         rows = self.sql("SELECT sae, metric, value FROM eval_metrics WHERE eval = ?", [eval])
         return rows.pivot_table(index="sae", columns="metric", values="value", aggfunc="last")
 
+    def prompt_graph(self, saes: list[str], prompt: str, target: str,
+                     contrast: str | None = None, device: str = "cpu", **settings) -> dict:
+        """One prompt's attribution graph for a target token through these SAEs (one per
+        hook); settings: metric, method, nodes, edges (saebench.circuits.prompt_graph)."""
+        from saebench.circuits.prompt_graph import graph_for_folders
+        from saebench.circuits.prompt_graph_config import GraphSettings
+
+        folders = [self.sae(name).path for name in saes]
+        return graph_for_folders(folders, prompt, target, contrast,
+                                 settings=GraphSettings(**settings), device=device)
+
 
 class SAEHandle:
     """One SAE folder: its cfg, its SparseCoder, and its codes on any text."""

@@ -44,6 +44,9 @@ VIEWS: dict[str, str] = {
     "circuit_sweeps": "circuits/*.sweep.parquet",
     "circuit_nodes": "circuits/*.nodes.parquet",
     "circuit_edges": "circuits/*.edges.parquet",
+    # Written by `saebench graph` (saebench/circuits/graph_output.py): one prompt's graph.
+    "graph_nodes": "graphs/*.nodes.parquet",
+    "graph_edges": "graphs/*.edges.parquet",
     # Written by the browser only: one small file, rewritten atomically on each save.
     "labels": "labels.parquet",
 }

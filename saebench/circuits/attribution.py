@@ -36,10 +36,11 @@ from saebench.tasks import TaskBatch
 from store.errors import UserError
 
 METHODS = ("attrib", "ig")
-PATCHES = ("corrupt", "mean")
+PATCHES = ("corrupt", "mean", "zero")
 """What a node is patched to when its effect is estimated: its value on the corrupt prompt
 (the counterfactual), or its mean over the clean prompts at the same position, which is
-what faithfulness ablates to (Marks et al. 2024 allow either as a_patch, §2)."""
+what faithfulness ablates to (Marks et al. 2024 allow either as a_patch, §2), or zero: the
+one baseline a single prompt without a counterfactual has (saebench.circuits.prompt_graph)."""
 
 
 @dataclass
@@ -129,6 +130,8 @@ def reference(patch: str, corrupt: dict, means: dict, b: int, s: int) -> dict:
     """Per hook, the values nodes are patched to, as [b·s, ·] rows like the clean ones."""
     if patch == "corrupt":
         return corrupt
+    if patch == "zero":
+        return {h: {k: torch.zeros_like(v) for k, v in d.items()} for h, d in corrupt.items()}
     return {h: {k: v[:s].to(next(iter(corrupt.values()))["c"].device)[None]
                 .expand(b, s, -1).reshape(b * s, -1) for k, v in d.items()}
             for h, d in means.items()}
