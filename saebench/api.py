@@ -80,6 +80,16 @@ class Workspace:
 
         return run_query(self.path, query, params).to_pandas()
 
+    def search(self, text: str, sae: str | None = None,
+               limit: int = 20) -> pd.DataFrame | list[dict[str, Any]]:
+        """Latents ranked by BM25 over their labels, explanations and top tokens, best first;
+        across every SAE, or one (saebench.search)."""
+        from dataclasses import asdict
+
+        from saebench.search import search
+
+        return _frame([asdict(h) for h in search(self.path, text, sae, limit)])
+
     def metrics(self, eval: str = "core") -> pd.DataFrame:
         """One eval's metrics pivoted to one row per SAE, one column per metric."""
         import pandas as pd

@@ -169,10 +169,10 @@ def test_label_is_saved_and_found_by_search(workspace, monkeypatch):
     rows = query(workspace, "SELECT latent, label FROM labels").to_pylist()
     assert rows == [{"latent": 9, "label": "fruit O'Brien'; DROP TABLE x; --"}]
     at.switch_page("views/search.py").run()
-    at.text_input(key="q_label").input("o'brien").run()
-    hits = [b.label for b in at.button if b.key and b.key.startswith("lab_")]
-    assert hits == ["#9 — fruit O'Brien'; DROP TABLE x; --"]
-    at.button(key="lab_0").click().run()
+    at.text_input(key="q_text").input("o'brien").run()
+    hits = at.dataframe[0].value[["latent", "label"]].values.tolist()
+    assert hits == [[9, "fruit O'Brien'; DROP TABLE x; --"]]
+    at.button(key="q_open").click().run()
     assert at.session_state["latent"] == 9
 
 
