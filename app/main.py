@@ -18,6 +18,7 @@ PAGES = [
     ("views/overview.py", "Overview", "overview"),
     ("views/feature.py", "Feature", "feature"),
     ("views/search.py", "Search", "search"),
+    ("views/blind_test.py", "Blind test", "blind_test"),
     ("views/test_text.py", "Test your text", "test_text"),
     ("views/dead_dense.py", "Dead and dense", "dead_dense"),
     ("views/circuits.py", "Circuits", "circuits"),
@@ -58,7 +59,7 @@ def main() -> None:
              for i, (path, title, url) in enumerate(PAGES)]
     nav = st.navigation(pages)
     with st.sidebar:
-        st.caption(f"Workspace `{ws}` (read-only; labels are the only write)")
+        st.caption(f"Workspace `{ws}` (read-only but for labels and blind-test scores)")
         st.selectbox("SAE", names, key="sae")
     nav.run()
 

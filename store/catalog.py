@@ -49,6 +49,8 @@ VIEWS: dict[str, str] = {
     "graph_edges": "graphs/*.edges.parquet",
     # Written by the browser only: one small file, rewritten atomically on each save.
     "labels": "labels.parquet",
+    # Written by the browser's blind test: one file per submission (saebench/blind_scores.py).
+    "blind_tests": "blind_tests/*.parquet",
 }
 
 
