@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from saebench.evals.absorption_config import AbsorptionConfig
 
