@@ -117,8 +117,8 @@ class StoreSource:
             raise ValueError("this store holds no gradients: cache it with --with-grads")
         per_epoch = self.n_tokens // batch_size
         if per_epoch == 0:
-            raise UserError(f"--batch-size {batch_size} exceeds the {self.n_tokens} tokens the store "
-                            "holds (BOS excluded): lower --batch-size or cache more tokens")
+            raise UserError(f"--batch-size {batch_size} exceeds the {self.n_tokens} tokens the "
+                            "store holds (BOS excluded): lower --batch-size or cache more tokens")
         epoch, offset = divmod(start, per_epoch)
         with ThreadPoolExecutor(max_workers=1) as pool:
             while True:

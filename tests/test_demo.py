@@ -1,4 +1,4 @@
-"""`saebench demo` on a tiny random model: two architectures end to end, resumable, sized by plan."""
+"""`saebench demo` on a tiny random model: two architectures end to end, resumable, planned."""
 
 from __future__ import annotations
 
