@@ -46,10 +46,13 @@ def fingerprint(texts: Sequence[str], labels: Sequence[str], splits: Sequence[st
     return h.hexdigest()
 
 
-def store_path(root: Path, dataset: str, model: str, hook: str) -> Path:
-    """The file for one (dataset, model, hook)."""
+def store_path(root: Path, dataset: str, model: str, hook: str, content: str = "") -> Path:
+    """The file for one (dataset, model, hook), and with `content` (a `fingerprint`) for one
+    sample of it: runs at different sizes then keep their own stores instead of rebuilding
+    each other's (the build replaces a file whose fingerprint differs)."""
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in model.split("/")[-1])
-    return Path(root) / f"{dataset}.{slug}.{hook}.duckdb"
+    variant = f".{content[:8]}" if content else ""
+    return Path(root) / f"{dataset}{variant}.{slug}.{hook}.duckdb"
 
 
 def _read_meta(con: duckdb.DuckDBPyConnection) -> dict:

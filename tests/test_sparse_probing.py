@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -174,3 +175,11 @@ def test_end_to_end_on_a_corpus_set(tmp_path, one_thread):
                 "austen_book/sae_top_1_test_accuracy"):
         assert 0.0 <= result.metrics[key] <= 1.0
     assert len(list(tmp_path.glob("austen_book.*.duckdb"))) == 1
+    # Another sample size gets its own store; the first one is kept, not rebuilt.
+    module.run(ctx, replace(cfg, n_train=24))
+    assert len(list(tmp_path.glob("austen_book.*.duckdb"))) == 2
+
+    def no_model():
+        raise AssertionError("the first store should be reused without the model")
+
+    module.run(EvalContext(sae, {}, store, model_loader=no_model), cfg)

@@ -44,7 +44,9 @@ def wheel_note(skipped: list[str]) -> str:
 def build_eval_store(ctx: EvalContext, cfg, eval_name: str, data: ProbeSet) -> Path:
     """The set's eval store at the SAE's hook, built (one model pass) unless it exists."""
     model_name = str(ctx.store.meta["model"])
-    path = eval_store.store_path(store_dir(ctx, cfg, eval_name), data.name, model_name, ctx.hook)
+    content = eval_store.fingerprint(data.texts, data.labels, data.splits)
+    path = eval_store.store_path(store_dir(ctx, cfg, eval_name), data.name, model_name, ctx.hook,
+                                 content)
 
     def load_model():
         print(f"{eval_name}: building {path} ({len(data.texts)} texts)", file=sys.stderr)

@@ -65,7 +65,8 @@ def eval_store_for(ctx: EvalContext, cfg: SparseProbingConfig, name: str) -> Pat
     """The dataset's eval store at the SAE's hook, built (one model pass) unless it exists."""
     data = probe_datasets.probe_set(name, cfg.n_train, cfg.n_test, cfg.seed)
     model_name = str(ctx.store.meta["model"])
-    path = eval_store.store_path(store_dir(ctx, cfg), name, model_name, ctx.hook)
+    path = eval_store.store_path(store_dir(ctx, cfg), name, model_name, ctx.hook,
+                                 eval_store.fingerprint(data.texts, data.labels, data.splits))
 
     def load_model():
         print(f"sparse_probing: building {path} ({len(data.texts)} texts)", file=sys.stderr)
