@@ -22,6 +22,7 @@ PAGES = [
     ("views/test_text.py", "Test your text", "test_text"),
     ("views/dead_dense.py", "Dead and dense", "dead_dense"),
     ("views/circuits.py", "Circuits", "circuits"),
+    ("views/prompt_graph.py", "Prompt graph", "prompt_graph"),
 ]
 
 

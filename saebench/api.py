@@ -102,7 +102,7 @@ class Workspace:
     def prompt_graph(self, saes: list[str], prompt: str, target: str,
                      contrast: str | None = None, device: str = "cpu", **settings) -> dict:
         """One prompt's attribution graph for a target token through these SAEs (one per
-        hook); settings: metric, method, nodes, edges (saebench.circuits.prompt_graph)."""
+        hook); settings: metric, nodes, edges (saebench.circuits.prompt_graph)."""
         from saebench.circuits.prompt_graph import graph_for_folders
         from saebench.circuits.prompt_graph_config import GraphSettings
 

@@ -17,7 +17,9 @@ and, for a latent that fires on a few per cent of tokens, is almost 0 anyway.
 The top `nodes` nodes by |effect| are kept (a node budget, over all hooks and positions); edges
 join kept nodes at consecutive hooks, ∇_d m · ∂d/∂u · u (attribution.edge_effects), and each
 kept node at the last hook has an edge to the output whose weight is its effect, since nothing
-after that hook is decomposed.
+after that hook is decomposed. A hook left without kept nodes is not spliced in when edges are
+computed, so the edges across it carry every path through it, as output edges carry the layers
+after the last hook.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from saebench.circuits.attribution import edge_effects, node_effects
+from saebench.circuits.attribution import Attribution, edge_effects, leaf_grads
 from saebench.circuits.output import annotate
 from saebench.circuits.prompt_graph_config import GraphSettings
 from saebench.circuits.saes import SAESet, load_set
+from saebench.circuits.splice import last_logits, leaf_hook
 from saebench.tasks.base import TaskBatch, at_pos, top1
 from store.errors import UserError
 from store.windows import special_ids
@@ -114,6 +117,31 @@ def budget(effects: dict[str, Tensor], n: int, first: int) -> dict[str, Tensor]:
     return out
 
 
+def zero_effects(model, sset: SAESet, task: PromptMetric, batch: TaskBatch) -> Attribution:
+    """Every node's effect ∇m·(a − 0) at every position of one prompt: what
+    attribution.node_effects(patch="zero", per_position=True) computes, in one forward and
+    backward where node_effects adds a clean-mean and a corrupt forward that one prompt against
+    zero does not need (half the time on SmolLM2). Attribution patching only: integrated
+    gradients along clean → 0 shrink a whole residual towards 0, where a final RMSNorm makes
+    the metric scale-invariant and its gradient blow up."""
+    batch, clean = batch.to(model.cfg.device), {}
+    hooks = [(h, leaf_hook(sae, clean, attached=False)) for h, sae in sset.items()]
+    with torch.enable_grad():
+        logits, at0 = last_logits(model, batch, batch.clean, hooks)
+        m = task.metric(logits, at0)
+        grads = leaf_grads(m.sum(), clean, sset.hooks)
+    effects, values = {}, {}
+    for h in sset.hooks:
+        c, e = clean[h]["c"].detach(), clean[h]["e"].detach()
+        effects[h] = torch.cat([grads[h]["c"] * c, (grads[h]["e"] * e).sum(-1, keepdim=True)],
+                               1).cpu()
+        values[h] = {"c": c.cpu(), "e": e.cpu()}  # the "mean" over one prompt: its own values
+    m = m.detach().cpu()
+    return Attribution(hooks=list(sset.hooks), per_position=True, effects=effects,
+                       means=values, clean_metric=m, corrupt_metric=m, patch="zero",
+                       accuracy=float(task.correct(logits.detach(), at0).float().mean()))
+
+
 def node_id(hook: str, pos: int, latent: int | str) -> str:
     return f"{hook}@{pos}:{latent}"
 
@@ -123,7 +151,7 @@ def _nodes(sset: SAESet, attr, effects: dict, tokens: list[str]) -> list[dict]:
     out = []
     for hook, sae in sset.items():
         clean = attr.means[hook]  # the mean over one prompt: its own codes and errors
-        for pos, j in attr.kept[hook].tolist():
+        for pos, j in attr.kept.get(hook, torch.zeros(0, 2, dtype=torch.long)).tolist():
             error = j == sae.d_sae
             act = clean["e"][pos].norm() if error else clean["c"][pos, j]
             latent: int | str = "error" if error else j
@@ -135,7 +163,7 @@ def _nodes(sset: SAESet, attr, effects: dict, tokens: list[str]) -> list[dict]:
 
 def _edges(sset: SAESet, attr, nodes: list[dict], n_edges: int) -> list[dict]:
     """Edges between kept nodes at consecutive hooks (the strongest `n_edges`), then one edge
-    to the output from each kept node at the last hook."""
+    to the output from each kept node at the last hook that has any."""
     d_sae = {h: s.d_sae for h, s in sset.items()}
 
     def ident(hook: str, pos: int, j: int) -> str:
@@ -148,7 +176,7 @@ def _edges(sset: SAESet, attr, nodes: list[dict], n_edges: int) -> list[dict]:
                         "target": ident(down, *attr.kept[down][a].tolist()),
                         "weight": float(w[a, b])})
     out = sorted(out, key=lambda e: -abs(e["weight"]))[:n_edges]
-    last = sset.hooks[-1]
+    last = next((h for h in reversed(sset.hooks) if any(n["hook"] == h for n in nodes)), None)
     return out + [{"source": n["id"], "target": OUTPUT, "weight": n["effect"]}
                   for n in nodes if n["hook"] == last]
 
@@ -169,13 +197,15 @@ def prompt_graph(model, saes: SAESet | Sequence[str | Path], prompt: str, target
     task = PromptMetric(settings.metric)
     tok = model.tokenizer
     batch = encode_prompt(tok, prompt, target, contrast, prepend_bos, model.cfg.n_ctx)
-    attr = node_effects(model, sset, task, batch, method=settings.method, patch="zero",
-                        per_position=True, batch_size=1, progress=False)
+    attr = zero_effects(model, sset, task, batch)
     effects = attr.effects
     keep = budget(effects, settings.nodes, int(prepend_bos))
     # edge_effects keeps the nodes above a threshold: give it only the budget's nodes.
     attr.effects = {h: torch.where(keep[h], e, 0.0) for h, e in effects.items()}
-    edge_effects(model, sset, task, batch, attr, 0.0, batch_size=1, progress=False)
+    live = [i for i, h in enumerate(sset.hooks) if keep[h].any()]
+    spliced = SAESet(sset.model_name, *([getattr(sset, f)[i] for i in live]
+                                        for f in ("hooks", "folders", "saes")))
+    edge_effects(model, spliced, task, batch, attr, 0.0, batch_size=1, progress=False)
     tokens = [tok.decode([i]) for i in batch.clean[0].tolist()]
     nodes = annotate(_nodes(sset, attr, effects, tokens), dict(zip(sset.hooks, sset.folders,
                                                                     strict=True)))

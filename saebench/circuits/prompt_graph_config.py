@@ -18,9 +18,6 @@ class GraphSettings:
 
     metric: Literal["logit", "logprob"] = "logit"
     """The target's logit or its log-probability at the last position (minus the contrast's)."""
-    method: Literal["attrib", "ig"] = "attrib"
-    """Attribution patching (one forward and backward) or integrated gradients from the clean
-    values to zero (10 steps per hook, Marks et al. 2024 eq. 4)."""
     nodes: int = 40
     """Node budget: the nodes with the largest |effect| over every hook and position."""
     edges: int = 200
