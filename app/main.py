@@ -22,6 +22,8 @@ PAGES = [
     ("views/test_text.py", "Test your text", "test_text"),
     ("views/dead_dense.py", "Dead and dense", "dead_dense"),
     ("views/circuits.py", "Circuits", "circuits"),
+    ("views/compare.py", "Compare SAEs", "compare"),
+    ("views/feature_map.py", "Feature map", "feature_map"),
     ("views/prompt_graph.py", "Prompt graph", "prompt_graph"),
 ]
 

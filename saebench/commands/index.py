@@ -26,6 +26,9 @@ class Args:
     batch_tokens x d_sae floats."""
     device: str | None = None
     """Torch device for the SAE (and the model's unembedding); default: cuda if available."""
+    feature_map: bool = True
+    """Also store the SAE's UMAP feature map (<sae>/feature_map.parquet) for the browser: about
+    30 s on 2 CPU cores for 4608 latents, most of it numba compiling UMAP once."""
 
 
 def main(args: Args) -> None:
@@ -45,3 +48,7 @@ def main(args: Args) -> None:
     store = open_store(args.store or recorded_store(args.sae, sae_cfg))
     settings = IndexSettings(args.tokens, args.context, args.top, args.batch_tokens)
     print(build_index(args.sae, store, settings, device=device))
+    if args.feature_map:
+        from saebench.feature_map import build_feature_map
+
+        print(build_feature_map(args.sae))
