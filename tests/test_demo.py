@@ -44,6 +44,8 @@ def test_demo_trains_evaluates_explains_and_indexes_two_archs(tmp_path, capsys):
         assert (sae / "index").is_dir()
         assert f"SAE demo-{arch}" in out
     assert "8,192 tokens given" in out
+    graph = json.loads((ws / "graphs" / "demo.json").read_text())
+    assert graph["nodes"] and graph["target"] == " Mary"
     # A rerun does nothing but summarise: every step finds its output.
     assert main(["demo", "--workspace", str(ws), "--tokens", "8192", *TINY]) == 0
     assert "time: eval          " in capsys.readouterr().out

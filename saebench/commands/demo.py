@@ -1,4 +1,5 @@
-"""`saebench demo`: cache, train two architectures, evaluate, explain and index them.
+"""`saebench demo`: cache, train two architectures, evaluate, explain and index them,
+and save one prompt's attribution graph.
 
 The steps are the other commands' `main` functions, called in-process, so the demo is exactly
 what a user would type by hand. Each step is a no-op once done (cache and train check their
@@ -55,6 +56,10 @@ class Args:
     """Latents the offline token-pattern explainer labels per SAE (autointerp eval)."""
     index: bool = True
     """Build the feature index (top contexts, logit effects, neighbours) for the browser."""
+    graph_prompt: str = "When Mary and John went to the store, John gave a drink to"
+    """Prompt of the attribution graph the demo saves (through the first SAE); '' skips it."""
+    graph_target: str = " Mary"
+    """Its target token (one token, leading space included)."""
 
     @property
     def store(self) -> Path:
@@ -102,6 +107,18 @@ def _index(args: Args) -> str | None:
     return None
 
 
+def _graph(args: Args) -> str | None:
+    from saebench.commands import graph as graph_cmd
+
+    path = args.workspace / "graphs" / "demo.json"
+    if path.is_file():
+        print(f"skipped: {path} exists")
+        return "done before"
+    graph_cmd.main(graph_cmd.Args(saes=(args.saes[0],), prompt=args.graph_prompt,
+                                  target=args.graph_target, name="demo"))
+    return None
+
+
 def _steps(args: Args, plan) -> dict[str, Callable[[], str | None]]:
     from saebench.commands import cache, train
     from trainers.config import TrainConfig
@@ -118,6 +135,8 @@ def _steps(args: Args, plan) -> dict[str, Callable[[], str | None]]:
     }
     if args.index:
         steps["index"] = lambda: _index(args)
+    if args.graph_prompt:
+        steps["graph"] = lambda: _graph(args)
     return steps
 
 
