@@ -20,6 +20,7 @@ PAGES = [
     ("views/search.py", "Search", "search"),
     ("views/blind_test.py", "Blind test", "blind_test"),
     ("views/test_text.py", "Test your text", "test_text"),
+    ("views/steer.py", "Steer", "steer"),
     ("views/dead_dense.py", "Dead and dense", "dead_dense"),
     ("views/circuits.py", "Circuits", "circuits"),
     ("views/compare.py", "Compare SAEs", "compare"),

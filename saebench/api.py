@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from torch import Tensor
     from transformer_lens import HookedTransformer
 
+    from saebench.steering import SteerResult
+
 __all__ = ["SAEHandle", "Workspace", "load_model", "load_sae", "open_workspace"]
 
 
@@ -187,6 +189,15 @@ class SAEHandle:
         strs, x = self.hook_activations(text)
         with torch.inference_mode():
             return strs, self.sparse_coder.encode(x)
+
+    def steer(self, latents: int | list[int], strengths: float | list[float] = 1.0,
+              **options) -> SteerResult:
+        """Default and steered generations, the latents' activations on them and the held-out
+        loss change. Options: saebench.steering.SteerConfig's fields (method, prompt, n_tokens,
+        temperature, seed), heldout_text, max_acts (saebench.steering_inputs.steer_handle)."""
+        from saebench.steering_inputs import steer_handle
+
+        return steer_handle(self, latents, strengths, **options)
 
     @staticmethod
     def _show(token: str) -> str:
