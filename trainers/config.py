@@ -39,8 +39,9 @@ class TrainConfig:
     """How b_dec is initialised from the first batch (Gao et al. 2024, App. A.1: the median)."""
     dead_window: int = 10_000_000
     """A latent is dead after this many tokens without firing (capped at the run's length)."""
-    log_every: int = 50
-    """Steps between logged rows of the training curves."""
+    log_every: int | None = None
+    """Steps between logged rows of the training curves; None: every step for runs of up to
+    1000 steps, else every (steps // 100)-th, so that every curve has at least 100 points."""
     checkpoint_every: int = 1000
     """Steps between checkpoints (Ctrl-C also writes one)."""
     device: str = "auto"

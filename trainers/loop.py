@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from store.catalog import refresh, workspace_of
 from store.errors import UserError
-from trainers import checkpoint, distributed, member, placement, registry
+from trainers import checkpoint, curves, distributed, member, placement, registry
 from trainers.config import TrainConfig
 from trainers.distributed import SINGLE, World
 from trainers.member import Member
@@ -104,7 +104,7 @@ def _on_main(world: World, fn: Callable[[], Any]) -> Any:
 
 def _publish_curves(members: list[Member]) -> float:
     """Write the curves and make sure the workspace catalog has a view over them."""
-    member.write_curves(members)
+    curves.write(members)
     for workspace in {workspace_of(m.out_dir) for m in members}:
         refresh(workspace)
     return time.perf_counter()
@@ -140,6 +140,7 @@ def _run(members: list[Member], source: Source, train: TrainConfig, start: int,
          world: World) -> None:
     main = world.is_main  # only rank 0 shows progress and writes
     warm = warmup_steps(n_steps, train.warmup_steps)
+    every = curves.log_every(n_steps, train.log_every)
     wandb_run = _wandb(train, members) if main else None
     t0, bar = time.perf_counter(), tqdm(
         total=n_steps * train.batch_size, initial=start * train.batch_size, unit="tok",
@@ -162,15 +163,14 @@ def _run(members: list[Member], source: Source, train: TrainConfig, start: int,
                 member.step(m, mx, StepContext(step, dead, mgrad, world), lr, autocast, world)
             bar.update(train.batch_size)
             done = step + 1
-            if done % train.log_every == 0 or done == n_steps:
-                bar.set_postfix(member.log(members, done, train, lrs, t0,
-                                           (done - start) * train.batch_size, world),
-                                refresh=False)
+            if curves.is_logged(done, n_steps, every):  # queued on the device: no sync
+                curves.record(members, done, train.batch_size, lrs, t0,
+                              (done - start) * train.batch_size)
+            flush = done % curves.FLUSH_EVERY == 0 or done == n_steps
+            if flush and curves.flush(members, world, wandb_run):  # one host copy per flush
+                bar.set_postfix(curves.postfix(members), refresh=False)
                 if main and time.perf_counter() - published > 30:  # keep the app's curves fresh
                     published = _publish_curves(members)
-                if wandb_run is not None:
-                    wandb_run.log({f"{r['sae']}/{k}": v for r in (m.rows[-1] for m in members)
-                                   for k, v in r.items() if k != "sae"}, step=done)
             if on_step is not None:
                 on_step(done)
             # One rank's Ctrl-C stops every rank at the same step (else the others would wait).
@@ -193,11 +193,12 @@ def _init_b_dec(members: list[Member], x: Tensor, how: str) -> None:
 
 
 def _save_checkpoint(members: list[Member], step: int, scale: float, world: World) -> None:
+    curves.flush(members, world)  # the saved rows are every row logged so far
     member.sync_sums(members, world)  # so the saved state is every rank's
     if world.is_main:
         checkpoint.save_all([m.out_dir for m in members], step,
                             [member.state(m, step, scale) for m in members])
-        member.write_curves(members)
+        curves.write(members)
 
 
 def _finish(members: list[Member], n_steps: int, scale: float, store_meta: dict,

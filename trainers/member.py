@@ -1,4 +1,4 @@
-"""One SAE of a sweep: its optimiser, dead counters and curves, and one training step.
+"""One SAE of a sweep: its optimiser, dead counters and curve sums, and one training step.
 
 Under several ranks (trainers/distributed.py) a step averages the gradients and reduces the
 dead counters' fires over the global batch, and curve sums are averaged before they are logged
@@ -7,8 +7,6 @@ or saved, so every rank holds the same Member.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from store.catalog import write_parquet_atomic
 from trainers import registry
 from trainers.config import TrainConfig
 from trainers.dead import DeadLatents, fires
@@ -37,6 +34,8 @@ class Member:
     dead: DeadLatents
     rows: list[dict] = field(default_factory=list)
     sums: dict[str, Tensor] = field(default_factory=dict)
+    pending: list = field(default_factory=list)
+    """Logged rows not yet copied to the host (trainers/curves.py)."""
 
 
 def build(cfg: Any, out_dir: Path, key: dict, train: TrainConfig, d_in: int, window: int,
@@ -96,29 +95,3 @@ def sync_sums(members: list[Member], world: World) -> None:
         if names:
             mean = world.mean(torch.stack([torch.as_tensor(m.sums[k]).float() for k in names]))
             m.sums.update(zip(names, mean.unbind(), strict=True))
-
-
-def log(members: list[Member], step: int, train: TrainConfig, lr: list[float], t0: float,
-        tokens_run: int, world: World) -> dict:
-    """Append one curve row per Member (the same on every rank); the progress bar's postfix."""
-    sync_sums(members, world)
-    rate = tokens_run / max(time.perf_counter() - t0, 1e-9)
-    for m, m_lr in zip(members, lr, strict=True):
-        n = float(m.sums.pop("n"))
-        row = {"sae": m.name, "step": step, "tokens": step * train.batch_size, "lr": m_lr,
-               "dead_frac": m.dead.fraction(), "dead_window": m.dead.window,
-               "tokens_per_s": rate, **{k: float(v) / n for k, v in m.sums.items()}}
-        m.rows.append(row)
-        m.sums.clear()
-    last = [m.rows[-1] for m in members]
-    return {"loss": "|".join(f"{r['loss']:.4f}" for r in last),
-            "L0": "|".join(f"{r['l0']:.1f}" for r in last),
-            "dead": "|".join(f"{100 * r['dead_frac']:.1f}%" for r in last)}
-
-
-def write_curves(members: list[Member]) -> None:
-    for m in members:
-        if m.rows:
-            cols = {k: None for r in m.rows for k in r}
-            write_parquet_atomic(m.out_dir / "curves.parquet",
-                                 [{k: r.get(k, math.nan) for k in cols} for r in m.rows])
