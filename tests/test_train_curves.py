@@ -50,7 +50,7 @@ def test_logged_rows_stay_on_the_device_until_flushed():
         m.sums = {"loss": torch.tensor(2.0 * step), "l0": torch.tensor(3.0 * step), "n": 2.0}
         curves.record([m], step, batch_size=8, lrs=[1e-3], t0=0.0, tokens_run=8 * step)
     assert m.rows == [] and len(m.pending) == 3
-    assert all(isinstance(p[3], torch.Tensor) for p in m.pending)  # nothing read back yet
+    assert all(isinstance(v, torch.Tensor) for p in m.pending for v in p[3])  # not read back
     assert curves.flush([m], SINGLE) and m.pending == []
     assert [r["loss"] for r in m.rows] == [1.0, 2.0, 3.0]  # sums / n, in step order
     assert [r["l0"] for r in m.rows] == [1.5, 3.0, 4.5]

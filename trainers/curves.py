@@ -42,11 +42,12 @@ def record(members: list, step: int, batch_size: int, lrs: list[float], t0: floa
     for m, lr in zip(members, lrs, strict=True):
         n = float(m.sums.pop("n"))
         names = list(m.sums)
-        values = [torch.as_tensor(m.sums[k]).float().reshape(()) for k in names]
-        values.append(m.dead.mask().float().mean())  # equal on every rank: the mean keeps it
+        # The sums are this step's own tensors (kept, not copied); the dead count is the one
+        # new kernel pair per step. Stacking waits for the flush.
+        values = [*(m.sums[k] for k in names), (m.dead.since >= m.dead.window).sum()]
         head = {"sae": m.name, "step": step, "tokens": step * batch_size, "lr": lr,
                 "dead_window": m.dead.window, "tokens_per_s": rate}
-        m.pending.append((head, names, n, torch.stack(values)))
+        m.pending.append((head, names, n, values))
         m.sums.clear()
 
 
@@ -57,12 +58,14 @@ def flush(members: list, world: World, wandb_run: Any = None) -> bool:
     for m in members:
         if not m.pending:
             continue
-        flat = world.mean(torch.cat([p[3] for p in m.pending]))
-        host, at = flat.cpu().tolist(), 0  # the one copy (and wait) for all these rows
+        flat = torch.stack([torch.as_tensor(v).float().reshape(()).to(m.dead.since.device)
+                            for p in m.pending for v in p[3]])
+        host, at = world.mean(flat).cpu().tolist(), 0  # one copy (and wait) for all rows
+        d_sae = m.dead.since.numel()
         for head, names, n, values in m.pending:
             got = host[at : at + len(values)]
             at += len(values)
-            m.rows.append({**head, "dead_frac": got[-1],
+            m.rows.append({**head, "dead_frac": got[-1] / d_sae,
                            **{k: v / n for k, v in zip(names, got, strict=False)}})
         m.pending.clear()
         moved = True
