@@ -96,6 +96,24 @@ def test_features_counts_and_dead(index_dir):
     assert f.max_act[5] == pytest.approx((CTX - 1) / CTX, abs=1e-3)
 
 
+def test_top_tokens_summarise_the_top_contexts(index_dir):
+    f = read(index_dir, schema.FEATURES_FILE).set_index("latent")
+    for i in range(2, 22):
+        assert list(f.top_tokens[i]) == [i]  # latent i fires on token i alone
+    assert list(f.top_tokens[TWIN]) == [3] and len(f.top_tokens[DEAD]) == 0
+
+
+def test_top_token_ids_rank_by_count_then_activation():
+    from saebench.index.tables import top_token_ids
+
+    tokens = torch.tensor([[0, 5, 6, 7, 5, 6, 5, 8]])  # one window of 8
+    stats = {"top_loc": torch.tensor([[2, 1, 3, 4, 5, 6, -1], [7, 3, -1, -1, -1, -1, -1]]),
+             "top_act": torch.tensor([[9.0, 8, 7, 6, 5, 4, 0], [2, 1, 0, 0, 0, 0, 0]])}
+    got = top_token_ids(stats, tokens, first_seq=0, n=3, block=1)
+    # latent 0 sits on 6 5 7 5 6 5: 5 thrice, 6 twice, 7 once; latent 1 on 8 then 7 (a tie)
+    assert got.tolist() == [[5, 6, 7], [8, 7, -1]]
+
+
 def test_top_contexts_centre_on_their_token(index_dir):
     c = read(index_dir, schema.CONTEXTS_FILE)
     top = c[c.kind == "top"]

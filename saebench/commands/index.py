@@ -29,6 +29,10 @@ class Args:
     feature_map: bool = True
     """Also store the SAE's UMAP feature map (<sae>/feature_map.parquet) for the browser: about
     30 s on 2 CPU cores for 4608 latents, most of it numba compiling UMAP once."""
+    loss_effects: bool | None = None
+    """Per-token loss effect of ablating each latent in its top contexts, shown on hover in the
+    browser (one model run per top context: often more than the rest of the index); default:
+    on only when cheap, under ~1e10 FLOPs or a fifth of the index passes' work."""
 
 
 def main(args: Args) -> None:
@@ -46,7 +50,8 @@ def main(args: Args) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sae_cfg = read_sae_cfg(args.sae)
     store = open_store(args.store or recorded_store(args.sae, sae_cfg))
-    settings = IndexSettings(args.tokens, args.context, args.top, args.batch_tokens)
+    settings = IndexSettings(args.tokens, args.context, args.top, args.batch_tokens,
+                             args.loss_effects)
     print(build_index(args.sae, store, settings, device=device))
     if args.feature_map:
         from saebench.feature_map import build_feature_map

@@ -36,6 +36,9 @@ class IndexSettings:
     """Top activating contexts kept per latent."""
     batch_tokens: int = 4096
     """Tokens per SAE forward (rounded down to whole windows); may change on resume."""
+    loss_effects: bool | None = None
+    """Per-token loss effect of ablating the latent in each top context (one model run per
+    top context); None: on only when cheap (write.loss_effects_on)."""
 
 
 def check_inputs(sae, sae_cfg: dict, store) -> None:
@@ -124,13 +127,15 @@ def _done_payload(fp: dict, notes: list[str], d_sae: int) -> dict:
 
 def build_index(
     sae_dir: Path, store, settings: IndexSettings = IndexSettings(), *, sae=None,
-    device: str = "cpu", W_U: torch.Tensor | None | str = "auto", progress: bool = True,
-    on_chunk: Callable[[int, int], None] | None = None, echo: Callable[[str], None] = print,
+    device: str = "cpu", W_U: torch.Tensor | None | str = "auto", model: object = "auto",
+    progress: bool = True, on_chunk: Callable[[int, int], None] | None = None,
+    echo: Callable[[str], None] = print,
 ) -> Path:
     """Index an SAE over a store's train split into `<sae_dir>/index/`; resumable, idempotent.
 
     `W_U`: "auto" loads the store's model for the logit lens; a tensor is used as is; None
-    skips it. `on_chunk(pass, chunk)` runs after each chunk's state is saved.
+    skips it. `model`, for the loss effects, likewise ("auto", a HookedTransformer or None).
+    `on_chunk(pass, chunk)` runs after each chunk's state is saved.
     """
     from saebench.index.write import write_index
     from trainers.saelens_format import load_sae
@@ -158,7 +163,8 @@ def build_index(
     with torch.no_grad():
         run_passes(sae, store, settings, state, state_path, device=device, progress=progress,
                    on_chunk=on_chunk, desc=f"index {sae_dir.name}")
-        notes = write_index(sae_dir, sae, store, settings, state["tensors"], W_U, device)
+        notes = write_index(sae_dir, sae, store, settings, state["tensors"], W_U, device,
+                            model)
     done = _done_payload(fp, notes, d_sae)
     tmp = index_dir / f".{schema.DONE_FILE}.tmp"
     tmp.write_text(json.dumps(done, indent=2))

@@ -6,13 +6,18 @@ All files live in `<sae_dir>/index/` and are seen through the catalog views name
   tokens_seen INT64, fires INT64, density DOUBLE, max_act FLOAT, mean_act FLOAT (mean over
   firing tokens; null for dead), hist_counts LIST<INT64> (32 equal-width bins over
   (0, max_act]; empty for dead), dead BOOL (fires == 0 over the indexed tokens), dense BOOL
-  (density > 0.01).
+  (density > 0.01), top_tokens LIST<INT32> (ids of the N_TOP_TOKENS tokens its top contexts
+  fire on, most frequent first, ties to the higher activation: a latent's one-glance summary,
+  read for many latents at once without decoding their contexts).
 - `contexts.parquet` (view `contexts`): sae, latent INT32, kind VARCHAR ('top' | 'interval'),
   bucket SMALLINT (-1 for top; 0..9 for interval buckets of (0, max] split in 10), rank
   SMALLINT, seq INT32, pos SMALLINT (store position of the activating token), act FLOAT,
   center SMALLINT (index of that token inside `tokens`), tokens LIST<INT32> (the window ±N
   around it, clipped at the sequence edges), acts LIST<FLOAT16> (this latent's activation on
-  each of those tokens; DuckDB reads them as FLOAT[]). Rows are sorted by
+  each of those tokens; DuckDB reads them as FLOAT[]), loss_effects LIST<FLOAT16> (top
+  contexts only, else null; also null when not computed: per token, the change in the loss of
+  predicting the next token when this latent is ablated, NaN at a sequence's last position;
+  see loss_effects.py). Rows are sorted by
   (latent, kind, bucket, rank) in row groups of ROW_GROUP rows with statistics, so
   `WHERE latent = ?` reads one or two row groups.
 - `logits.parquet` (view `logit_effects`): sae, latent INT32, kind ('top' | 'bottom'), rank
@@ -47,23 +52,29 @@ N_BUCKETS = 10
 PER_BUCKET = 5
 N_LOGITS = 10
 N_NEIGHBOURS = 10
+N_TOP_TOKENS = 3
 DENSE_DENSITY = 0.01
 # Rows per row group. Smaller groups read less per `WHERE latent = ?` but grow the footer that
 # each fresh connection parses: 1024 was 2x slower than 4096 on 16k latents (app_bench).
 ROW_GROUP = 4096
 # Co-activation correlations use a hashed subsample of about this many tokens (see coactivation).
 COACT_TOKENS = 32768
+# Loss effects run the model once per top context, so by default an index computes them only
+# below this many FLOPs (seconds on one CPU core) or a fifth of its own passes' work (see
+# saebench/index/loss_effects.py and write.loss_effects_on).
+SMALL_FLOPS = 1e10
 
 FEATURES = pa.schema([
     ("sae", pa.string()), ("latent", pa.int32()), ("tokens_seen", pa.int64()),
     ("fires", pa.int64()), ("density", pa.float64()), ("max_act", pa.float32()),
     ("mean_act", pa.float32()), ("hist_counts", pa.list_(pa.int64())), ("dead", pa.bool_()),
-    ("dense", pa.bool_()),
+    ("dense", pa.bool_()), ("top_tokens", pa.list_(pa.int32())),
 ])
 CONTEXTS = pa.schema([
     ("sae", pa.string()), ("latent", pa.int32()), ("kind", pa.string()), ("bucket", pa.int16()),
     ("rank", pa.int16()), ("seq", pa.int32()), ("pos", pa.int16()), ("act", pa.float32()),
     ("center", pa.int16()), ("tokens", pa.list_(pa.int32())), ("acts", pa.list_(pa.float16())),
+    ("loss_effects", pa.list_(pa.float16())),
 ])
 LOGITS = pa.schema([
     ("sae", pa.string()), ("latent", pa.int32()), ("kind", pa.string()), ("rank", pa.int16()),

@@ -14,7 +14,35 @@ def _const(value: str, n: int) -> pa.Array:
     return pa.array([value], pa.string()).take(pa.array(np.zeros(n, dtype=np.int32)))
 
 
-def features_table(name: str, stats: dict, hist: Tensor, tokens_seen: int) -> pa.Table:
+def top_token_ids(stats: dict, tokens: Tensor, first_seq: int, n: int,
+                  block: int = 4096) -> Tensor:
+    """[d_sae, n] ids of the tokens each latent's top contexts sit on, most frequent first
+    (ties: the earlier rank, i.e. the higher activation); -1 pads. Vectorised over blocks of
+    latents (each compares its top x top slots)."""
+    ctx, top = tokens.shape[1], stats["top_loc"].shape[1]
+    earlier = torch.ones(top, top, dtype=torch.bool).tril(-1)  # [j, i]: slot i before slot j
+    out = []
+    for lo in range(0, stats["top_loc"].shape[0], block):
+        loc, ok = stats["top_loc"][lo : lo + block], stats["top_act"][lo : lo + block] > 0
+        seq = (torch.div(loc, ctx, rounding_mode="floor") - first_seq).clamp(0, len(tokens) - 1)
+        tok = torch.where(ok, tokens[seq, loc.clamp_min(0) % ctx], -1)  # [b, top]
+        same = tok[:, :, None] == tok[:, None, :]
+        first = ok & ~(same & earlier).any(-1)  # the best-ranked slot of each distinct token
+        score = torch.where(first, same.sum(-1) * (top + 1) - torch.arange(top), -1)
+        best, slot = score.topk(min(n, top), dim=1)
+        out.append(torch.where(best >= 0, tok.gather(1, slot), -1))
+    return torch.cat(out)
+
+
+def _id_lists(ids: Tensor) -> pa.Array:
+    keep = ids >= 0
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(1).numpy())]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids[keep].numpy().astype(
+        np.int32)))
+
+
+def features_table(name: str, stats: dict, hist: Tensor, tokens_seen: int,
+                   top_tokens: Tensor | None = None) -> pa.Table:
     fires = stats["fires"].numpy()
     d_sae = len(fires)
     dead = fires == 0
@@ -36,6 +64,8 @@ def features_table(name: str, stats: dict, hist: Tensor, tokens_seen: int) -> pa
         "hist_counts": hist_col,
         "dead": pa.array(dead),
         "dense": pa.array(density > schema.DENSE_DENSITY),
+        "top_tokens": pa.nulls(d_sae, pa.list_(pa.int32())) if top_tokens is None
+        else _id_lists(top_tokens),
     }, schema=schema.FEATURES)
 
 
@@ -86,7 +116,22 @@ def contexts_table(
         "acts": pa.ListArray.from_arrays(
             pa.array(offsets), pa.array(e["win"][valid].numpy().astype(np.float16))
         ),
+        "loss_effects": _loss_column(stats, e, valid, offsets),
     }, schema=schema.CONTEXTS)
+
+
+def _loss_column(stats: dict, e: dict, valid: Tensor, offsets: np.ndarray) -> pa.Array:
+    """Top contexts' loss effects aligned with their tokens; null for interval samples (and
+    for every row when the index computed none)."""
+    n_top = int((e["kind"] == 0).sum())
+    if "top_loss" not in stats:
+        return pa.nulls(len(valid), pa.list_(pa.float16()))
+    top = stats["top_act"] > 0
+    grid = torch.full(valid.shape, float("nan"), dtype=torch.float16)
+    grid[:n_top] = stats["top_loss"][top]  # _entries lists the top contexts first
+    is_null = np.arange(len(valid)) >= n_top
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(
+        grid[valid].numpy().astype(np.float16)), mask=pa.array(is_null))
 
 
 def ranked_table(
