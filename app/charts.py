@@ -9,6 +9,9 @@ import plotly.graph_objects as go
 
 SHADE = "255, 140, 0"  # orange, the usual colour of activation highlights
 _LAYOUT = dict(height=320, margin=dict(l=10, r=10, t=40, b=10))
+# Distinct hues per architecture (Streamlit's theme would draw them in shades of one blue).
+ARCH_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                "#17becf")
 
 
 def _show(token: str) -> str:
@@ -16,31 +19,58 @@ def _show(token: str) -> str:
     return token.replace("Ġ", " ").replace("Ċ", "↵").replace("\n", "↵").replace("\t", "⇥")
 
 
+def _token_title(act: float, loss: float | None) -> str:
+    """The hover text of one token: its activation, then the ablation's loss effect if any."""
+    if loss is None or loss != loss:  # none stored, or NaN (no next token to predict)
+        return f"{act:.4g}"
+    return f"{act:.4g} · ablating the latent: next-token loss {loss:+.3g}"
+
+
 def shaded_tokens(tokens: list[str], acts: list[float], max_act: float,
-                  center: int | None = None) -> str:
-    """Tokens as HTML spans, background alpha ∝ act / max_act, activation on hover (title)."""
+                  center: int | None = None, loss: list[float | None] | None = None) -> str:
+    """Tokens as HTML spans, background alpha ∝ act / max_act; on hover (title) the activation
+    and, given `loss` (saebench/index/loss_effects.py), the change in next-token loss.
+
+    Each token is an inline-block, so a context wraps between tokens inside its column
+    instead of running under its neighbours (whitespace inside a token stays visible).
+    """
     scale = max_act if max_act and max_act > 0 else max((a for a in acts), default=1.0) or 1.0
+    loss = list(loss) if loss is not None else [None] * len(tokens)
     spans = []
-    for i, (tok, act) in enumerate(zip(tokens, acts, strict=False)):
+    for i, (tok, act, d) in enumerate(zip(tokens, acts, loss, strict=False)):
         act = float(act or 0.0)
         alpha = min(max(act / scale, 0.0), 1.0)
-        style = f"background: rgba({SHADE}, {alpha:.2f}); white-space: pre; border-radius: 2px;"
+        style = (f"background: rgba({SHADE}, {alpha:.2f}); white-space: pre-wrap; "
+                 "display: inline-block; max-width: 100%; overflow-wrap: anywhere; "
+                 "border-radius: 2px;")
         if i == center:
             style += " border-bottom: 2px solid #333;"
-        spans.append(f'<span class="saebench-tok" title="{act:.4g}" style="{style}">'
-                     f"{html.escape(_show(tok))}</span>")
-    return ('<div class="saebench-ctx" style="font-family: monospace; line-height: 1.8;">'
-            + "".join(spans) + "</div>")
+        data = "" if d is None or d != d else f' data-loss="{float(d):.4g}"'
+        spans.append(f'<span class="saebench-tok" title="{html.escape(_token_title(act, d))}"'
+                     f'{data} style="{style}">{html.escape(_show(tok))}</span>')
+    return ('<div class="saebench-ctx" style="font-family: monospace; line-height: 1.8; '
+            'max-width: 100%; overflow-wrap: anywhere; margin-bottom: 0.4em; '
+            'padding-bottom: 0.3em; border-bottom: 1px dashed #ddd;">' + "".join(spans)
+            + "</div>")
 
 
-def pareto(rows: list[dict], y: str, y_title: str) -> go.Figure:
-    """L0 against one metric, one point per SAE (the sparsity/fidelity frontier)."""
-    pts = [r for r in rows if r.get("l0") is not None and r.get(y) is not None]
-    fig = go.Figure(go.Scatter(
-        x=[r["l0"] for r in pts], y=[r[y] for r in pts], mode="markers+text",
-        text=[r["sae"] for r in pts], textposition="top center", hovertemplate=(
-            "%{text}<br>L0 %{x:.1f}<br>" + y_title + " %{y:.4f}<extra></extra>")))
-    fig.update_layout(title=f"L0 vs {y_title}", xaxis_title="L0", yaxis_title=y_title,
+def metric_vs_l0(points: list[dict], y_title: str, log_x: bool = False) -> go.Figure:
+    """One eval metric against L0, one point per SAE and one colour (trace) per architecture.
+
+    `points`: dicts with sae, arch, l0 and value. SAEBench draws every metric this way: the
+    sparsity/quality frontier, architectures compared at equal L0.
+    """
+    fig = go.Figure()
+    for i, arch in enumerate(sorted({str(p["arch"]) for p in points})):
+        part = [p for p in points if str(p["arch"]) == arch]
+        fig.add_trace(go.Scatter(
+            x=[p["l0"] for p in part], y=[p["value"] for p in part], mode="markers",
+            name=arch, text=[p["sae"] for p in part],
+            marker=dict(size=10, color=ARCH_COLOURS[i % len(ARCH_COLOURS)]),
+            hovertemplate="%{text}<br>L0 %{x:.1f}<br>" + y_title + " %{y:.4g}<extra>"
+            + arch + "</extra>"))
+    fig.update_layout(title=f"{y_title} against L0", xaxis_title="L0", yaxis_title=y_title,
+                      xaxis_type="log" if log_x else "linear", legend_title="architecture",
                       **_LAYOUT)
     return fig
 

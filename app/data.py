@@ -62,12 +62,23 @@ def save_label(workspace: Path, sae: str, latent: int, label: str) -> None:
         write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=schema))
 
 
+def pairs(wanted: dict[str, list[int]]) -> tuple[str, list]:
+    """A WHERE condition for some latents of some SAEs, and its bound parameters, so that one
+    query serves several SAEs. It also admits other pairs of the listed SAEs and latents:
+    callers keep the ones they asked for."""
+    saes = sorted(s for s, ids in wanted.items() if ids)
+    latents = sorted({int(i) for s in saes for i in wanted[s]})
+    return (f"sae IN ({', '.join('?' * len(saes))}) "
+            f"AND latent IN ({', '.join('?' * len(latents))})", [*saes, *latents])
+
+
 class Catalog:
     """One short-lived read-only connection; use as `with Catalog(ws) as db:`."""
 
     def __init__(self, workspace: Path) -> None:
         self.workspace = Path(workspace)
         self.views = available(self.workspace)
+        self._cols: dict[str, list[str]] = {}
 
     def __enter__(self) -> Catalog:
         self.con = connect(self.workspace)
@@ -96,6 +107,13 @@ class Catalog:
             out.setdefault(r["sae"], {})[r["metric"]] = r["value"]
         return out
 
+    def eval_rows(self) -> list[dict]:
+        """Every (sae, eval, metric) with its latest value: what the L0 plots can show."""
+        if not self.has("eval_metrics"):
+            return []
+        return self.rows("SELECT sae, eval, metric, arg_max(value, created_at) AS value "
+                         "FROM eval_metrics GROUP BY sae, eval, metric ORDER BY eval, metric")
+
     def curves(self):
         if not self.has("training_curves"):
             return None
@@ -114,11 +132,43 @@ class Catalog:
         return self.rows("SELECT count(*) AS n FROM features WHERE sae = ?", [sae])[0]["n"]
 
     def contexts(self, sae: str, latent: int) -> list[dict]:
+        """Top and interval contexts; `loss_effects` is present where the index has them."""
         if not self.has("contexts"):
             return []
+        # SELECT *: indexes from before loss effects lack that column.
         return self.rows(
-            "SELECT kind, bucket, rank, seq, pos, act, center, tokens, acts FROM contexts "
+            "SELECT * EXCLUDE (sae, latent) FROM contexts "
             "WHERE sae = ? AND latent = ? ORDER BY kind DESC, bucket DESC, rank", [sae, latent])
+
+    def top_tokens(self, wanted: dict[str, list[int]], n: int = 3) -> dict[tuple, list[int]]:
+        """{(sae, latent): ids of the tokens its top contexts fire on, most frequent first},
+        for some latents of some SAEs, in one query."""
+        if not self.has("features") or not any(wanted.values()):
+            return {}
+        out: dict[tuple, list[int]] = {}
+        if "top_tokens" in self._columns("features"):
+            cond, params = pairs(wanted)
+            out = {(r["sae"], r["latent"]): r["top_tokens"][:n] for r in self.rows(
+                f"SELECT sae, latent, top_tokens FROM features WHERE {cond}", params)
+                if r["top_tokens"] is not None}
+        missing = {sae: [i for i in ids if (sae, i) not in out] for sae, ids in wanted.items()}
+        if any(missing.values()) and self.has("contexts"):
+            # Indexes from before features.top_tokens: the same summary from the contexts,
+            # which decodes each latent's token lists (app_bench: about as slow as the
+            # page's own contexts query, where features.top_tokens costs a fifth of it).
+            cond, params = pairs(missing)
+            out |= {(r["sae"], r["latent"]): r["ids"] for r in self.rows(
+                "SELECT sae, latent, list(token_id ORDER BY n DESC, act DESC, token_id)[:?] "
+                "AS ids FROM (SELECT sae, latent, tokens[center + 1] AS token_id, count(*) AS n,"
+                f" max(act) AS act FROM contexts WHERE kind = 'top' AND {cond} GROUP BY ALL) "
+                "GROUP BY sae, latent", [n, *params])}
+        return {k: v for k, v in out.items() if k[1] in wanted.get(k[0], ())}
+
+    def _columns(self, view: str) -> list[str]:
+        """A view's column names (binding only: nothing is scanned), once per Catalog."""
+        if view not in self._cols:
+            self._cols[view] = self.con.sql(f"SELECT * FROM {view} LIMIT 0").columns
+        return self._cols[view]
 
     def token_strings(self, sae: str, ids: list[int]) -> dict[int, str]:
         if not self.has("vocab") or not ids:
@@ -149,6 +199,15 @@ class Catalog:
         return rows[0]["latent"] if rows else None
 
     # --- labels ---------------------------------------------------------------------------
+    def labels_of(self, wanted: dict[str, list[int]]) -> dict[tuple, str]:
+        """{(sae, latent): label} for some latents of some SAEs, in one query."""
+        if not self.has("labels") or not any(wanted.values()):
+            return {}
+        cond, params = pairs(wanted)
+        return {(r["sae"], r["latent"]): r["label"] for r in self.rows(
+            f"SELECT sae, latent, label FROM labels WHERE {cond}", params)
+            if r["latent"] in wanted.get(r["sae"], ())}
+
     def labels(self, sae: str, latents: list[int] | None = None) -> dict[int, str]:
         if not self.has("labels"):
             return {}

@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_app import make_workspace
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -54,29 +53,112 @@ def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 30) -> Non
     pytest.fail("saebench app did not become healthy in time")
 
 
-def test_feature_page_in_chromium(tmp_path):
+# Every element of the main column whose content is wider than its box (scrollWidth against
+# clientWidth): text running under its neighbours, a metric clipped to "3,688 / 248,1…", a
+# table running off the page. Skipped: inline boxes (clientWidth 0), 1-px screen-reader text
+# (clipped on purpose), the inside of plotly's SVG (its own layout), and a slider's value
+# label (it hangs over the thumb by design). A dataframe's corner resize handle (empty, 20 px,
+# 10 px outside the frame by design) is hidden first, or every dataframe and its column count.
+OVERFLOWING = """() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  for (const el of main.querySelectorAll('[data-testid="stDataFrameResizable"] div')) {
+    if (el.style.cursor.endsWith('-resize') && !el.childElementCount) {
+      el.style.display = 'none';
+    }
+  }
+  const out = [];
+  for (const el of [main, ...main.querySelectorAll('*')]) {
+    if (el instanceof SVGElement || el.clientWidth < 4) continue;
+    if (el.closest('[data-testid="stSlider"]')) continue;
+    // Text cut with an ellipsis overflows by any fraction of a pixel ("3,688 / 248,1…" was
+    // 223.86 px of text in a 223 px box, scrollWidth 224), so measure the text itself there.
+    const style = getComputedStyle(el);
+    const clipped = style.textOverflow === 'ellipsis' && (() => {
+      const range = document.createRange();
+      range.selectNodeContents(el);
+      const box = el.getBoundingClientRect().width - parseFloat(style.paddingLeft)
+                  - parseFloat(style.paddingRight);
+      return range.getBoundingClientRect().width > box + 0.25;
+    })();
+    if (clipped || el.scrollWidth > el.clientWidth + 1) {
+      out.push(`${el.tagName}[${el.getAttribute('data-testid') || el.className}] `
+               + `${el.scrollWidth} > ${el.clientWidth}: ${(el.innerText || '').slice(0, 60)}`);
+    }
+  }
+  return out;
+}"""
+# The script has finished (stApp's script state) and no element is still a loading skeleton.
+SETTLED = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  return app && app.getAttribute('data-test-script-state') === 'notRunning'
+         && !document.querySelector('[data-testid="stSkeleton"]');
+}"""
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+# Pages that need what this synthetic workspace lacks, covered by their own tests: the model
+# (minutes on a loaded 2-core machine; test_app.py) and the activation store (blind test
+# samples excerpts from it; test_blind_test.py).
+NEEDS_MODEL_OR_STORE = {"test_text", "blind_test"}
+
+
+def _pages() -> list[str]:
+    """The url paths registered in app/main.py's PAGES (read, not imported: it runs the app)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "app" / "main.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", "") == "PAGES")
+    return [e.elts[2].value for e in node.value.elts]  # the first is the default page
+
+
+def _check_page(page, name: str, out: Path) -> list[str]:
+    """Screenshot `out/<name>.png`; the page's error elements and overflowing elements."""
+    page.wait_for_function(SETTLED, timeout=60_000)
+    page.wait_for_timeout(1500)  # plotly and st.html lay out after the script has finished
+    page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+    problems = [f"{name}: error element: {e.inner_text()[:200]}" for e in
+                page.locator(ERRORS).all()]
+    if page.get_by_text("Page not found").count():  # Streamlit's modal for a wrong url path
+        problems.append(f"{name}: page not found")
+    return problems + [f"{name}: overflow: {o}" for o in page.evaluate(OVERFLOWING)]
+
+
+def test_pages_in_chromium(tmp_path):
+    """Every page at 1400 px: no error element, nothing wider than its box; one screenshot
+    per page in tmp_path. The feature page also has its tokens, colours and hovers checked."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    workspace = make_workspace(tmp_path / "ws")
+    from test_app_feature_polish import make_polished_workspace
+
+    workspace = make_polished_workspace(tmp_path / "ws")
     port = _free_port()
     proc = _serve(workspace, port)
+    problems: list[str] = []
     try:
         _wait_healthy(proc, port)
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            # Tall enough that a full-page screenshot holds the whole page (the main column
+            # scrolls inside the viewport, not the document).
+            page = browser.new_page(viewport={"width": 1400, "height": 4000})
             page.goto(f"http://localhost:{port}/feature?sae=synth-a&latent=3")
-            page.wait_for_selector(".saebench-tok", timeout=20_000)
+            page.wait_for_selector(".saebench-tok", timeout=60_000)  # a loaded machine
             page.get_by_text("Promoted tokens").wait_for(timeout=10_000)
-            tokens = page.locator(".saebench-tok")
-            assert tokens.count() >= 8
+            assert page.locator(".saebench-tok").count() >= 33
             center = page.locator(".saebench-tok", has_text="apple").first
-            assert float(center.get_attribute("title")) == pytest.approx(1.3, rel=1e-3)
+            title = center.get_attribute("title")
+            assert float(title.split(" ·")[0]) == pytest.approx(1.3, rel=1e-3)
+            assert "next-token loss +0.25" in title  # the loss effect, on hover
             assert "rgba(255, 140, 0, 1.00)" in center.get_attribute("style")
-            table = page.locator("table").filter(has_text="banana")
-            assert table.count() >= 1  # the promoted-logit table
-            page.screenshot(path=str(tmp_path / "feature.png"), full_page=True)
+            assert page.locator("table").filter(has_text="banana").count() >= 1
+            problems += _check_page(page, "feature", tmp_path)
+            for i, name in enumerate(_pages()):
+                if name in NEEDS_MODEL_OR_STORE or name == "feature":
+                    continue
+                path = "" if i == 0 else name  # the default page lives at the root
+                page.goto(f"http://localhost:{port}/{path}?sae=synth-a&latent=3")
+                problems += _check_page(page, name, tmp_path)
             browser.close()
         assert (tmp_path / "feature.png").stat().st_size > 10_000
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,40 @@
+"""Autointerp explanations as the browser shows them, read through a page's open Catalog.
+
+`saebench eval --evals autointerp` writes one explanation and detection score per sampled
+latent to `saes/<name>/features/explanations.parquet` (catalog view `explanations`: sae,
+latent, explanation, explainer 'token-pattern' or 'llm:<model>', score, fires; see
+saebench/evals/autointerp.py). Each run rewrites that file, so a latent has at most one.
+Pages pass the Catalog they already hold, so this costs one query and no new connection.
+"""
+
+from __future__ import annotations
+
+import math
+
+from app.data import Catalog, pairs
+
+
+def read(db: Catalog, wanted: dict[str, list[int]]) -> dict[tuple, dict]:
+    """{(sae, latent): {"explanation", "explainer", "score"}} for some latents of some SAEs,
+    in one query; latents the autointerp eval did not explain are absent."""
+    if not db.has("explanations") or not any(wanted.values()):
+        return {}
+    cond, params = pairs(wanted)
+    out = {}
+    for r in db.rows("SELECT sae, latent, explanation, explainer, score FROM explanations "
+                     f"WHERE {cond}", params):
+        if r["latent"] not in wanted.get(r["sae"], ()):
+            continue
+        score = r["score"]
+        out[(r["sae"], int(r["latent"]))] = {
+            "explanation": r["explanation"] or "", "explainer": r["explainer"] or "",
+            "score": None if score is None or math.isnan(score) else float(score)}
+    return out
+
+
+def describe(e: dict | None) -> str:
+    """One line: the explanation and the detection score it earned, or '' if there is none."""
+    if not e or not e["explanation"]:
+        return ""
+    score = "unscored" if e["score"] is None else f"detection {e['score']:.2f}"
+    return f"{e['explanation']} ({score}, {e['explainer']})"
