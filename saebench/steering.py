@@ -22,21 +22,18 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saebench.steer_loss import heldout_ce
 from saebench.steer_sampling import paired_generate
 from store.errors import UserError
 
 METHODS = ("add", "clamp")
 MAX_NEW_TOKENS = 512
-# Clean CE per (model, windows): it does not depend on the steering, so moving a slider in the
-# app re-runs only the steered pass. Keyed weakly on the model, as downstream's baselines are.
-_CLEAN_CE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -183,31 +180,6 @@ def latent_acts(model, sae, hook_name: str, seqs: Int[Tensor, "rows pos"],
     return codes.reshape(seqs.shape[0], seqs.shape[1], len(latents)).float()
 
 
-@torch.inference_mode()
-def mean_ce(model, windows: Int[Tensor, "seq ctx"], fwd_hooks: list, first_pos: int,
-            batch_seqs: int = 4) -> tuple[float, int]:
-    """(mean next-token CE of the predictions at positions >= first_pos, their count)."""
-    total, n = 0.0, 0
-    for batch in windows.split(batch_seqs):
-        logits = model.run_with_hooks(batch, fwd_hooks=fwd_hooks)
-        log_probs = logits[:, first_pos:-1].float().log_softmax(-1)
-        ce = -log_probs.gather(-1, batch[:, first_pos + 1:, None])
-        total, n = total + float(ce.sum()), n + ce.numel()
-    if n == 0:
-        raise UserError("the held-out text is too short: it needs at least two tokens after BOS")
-    return total / n, n
-
-
-def _clean_ce(model, windows: Tensor, first_pos: int) -> tuple[float, int]:
-    key = (windows.cpu().numpy().tobytes(), tuple(windows.shape), first_pos)
-    per_model = _CLEAN_CE.setdefault(model, {})
-    if key not in per_model:
-        if len(per_model) > 8:
-            per_model.clear()
-        per_model[key] = mean_ce(model, windows, [], first_pos)
-    return per_model[key]
-
-
 def steer(model, sae, hook_name: str, prompt_ids: Int[Tensor, " pos"], cfg: SteerConfig,
           max_acts: list[float], *, first_pos: int, windows: Tensor | None = None,
           windows_source: str = "", max_act_source: str = "given") -> SteerResult:
@@ -243,9 +215,8 @@ def steer(model, sae, hook_name: str, prompt_ids: Int[Tensor, " pos"], cfg: Stee
     if windows is not None:
         t0 = time.perf_counter()
         windows = windows.to(prompt_ids.device)
-        ce_default, n = _clean_ce(model, windows, first_pos)
         full = SteeringHook(sae, latents, values, cfg.method, first_pos)
-        ce_steered, _ = mean_ce(model, windows, [(hook_name, full)], first_pos)
+        ce_default, ce_steered, n = heldout_ce(model, windows, hook_name, full, first_pos)
         loss = LossChange(ce_default, ce_steered, n, windows_source)
         seconds["loss"] = time.perf_counter() - t0
     prompt_tokens = [model.tokenizer.decode([i]) for i in prompt_ids[first_pos:].tolist()]

@@ -117,6 +117,21 @@ def test_kv_cached_decoding_matches_recomputing(model, prompt_ids):
         assert torch.equal(runs[0], runs[1]), method
 
 
+def test_loss_from_the_hook_layer_matches_a_full_hooked_run(model, windows):
+    from saebench.steer_loss import heldout_ce, mean_ce, resume_layer
+
+    assert resume_layer(TINY_HOOK) == 1 and resume_layer("blocks.3.hook_resid_pre") == 3
+    assert resume_layer("blocks.0.attn.hook_z") is None
+    sae = _coder("topk")
+    for method in ("add", "clamp"):
+        hook = SteeringHook(sae, [3], torch.tensor([4.0]), method, first_pos=1)
+        clean, steered, n = heldout_ce(model, windows, TINY_HOOK, hook, 1)
+        assert n == 2 * 14 and abs(steered - clean) > 1e-3
+        assert clean == pytest.approx(mean_ce(model, windows, [], 1)[0], rel=1e-5)
+        full = mean_ce(model, windows, [(TINY_HOOK, hook)], 1)[0]
+        assert steered == pytest.approx(full, rel=1e-5), method
+
+
 @pytest.mark.parametrize("arch", tuple(ARCHITECTURES))
 @torch.no_grad()
 def test_every_architecture(model, prompt_ids, windows, arch):
