@@ -44,7 +44,11 @@ def cpu_summary() -> str:
                  if ln.startswith("model name")), platform.machine())
     flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
     avx512 = "avx512f" in flags.split()
-    return f"{name}, {os.cpu_count()} cores, {'with' if avx512 else 'without'} AVX-512"
+    # torch's kernels can be held below the CPU's best ISA (how a CPU without AVX-512 is
+    # emulated on one with it): say so, since it changes the speed.
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    capped = f", torch kernels capped at {cap}" if cap else ""
+    return f"{name}, {os.cpu_count()} cores, {'with' if avx512 else 'without'} AVX-512{capped}"
 
 
 def measure_rate(model_name: str, hook: str, ctx: int = 128, batch: int = 8, reps: int = 2,
