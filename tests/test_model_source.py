@@ -70,7 +70,13 @@ def test_cache_to_writes_the_store_cache_would_write(tmp_path, capsys):
         [(i.index, i.split, i.first_seq, i.n_tokens) for i in c.chunks]
     for i, j in zip(w.chunks, c.chunks, strict=True):
         assert np.array_equal(w.chunk_words(i), c.chunk_words(j))
-    assert w.meta["norm"] == c.meta["norm"]
+    # The norm statistics are float64 sums of the float32 activations before the fp16 store:
+    # the stream and the cache run the model in different batch shapes, and with the weights
+    # laid out copy-free (store/weight_layout.py) a matmul may round its last bit differently
+    # per shape. The shards above are still identical.
+    assert w.meta["norm"]["n_tokens"] == c.meta["norm"]["n_tokens"]
+    assert w.meta["norm"]["mean_norm"] == pytest.approx(c.meta["norm"]["mean_norm"], rel=1e-9)
+    assert np.allclose(w.meta["norm"]["mean"], c.meta["norm"]["mean"], rtol=1e-6, atol=1e-9)
     # The SAE records the store it wrote, so `saebench eval` finds it without --store.
     run = json.loads((tmp_path / "sae" / "saebench_train.json").read_text())
     assert run["store_path"].endswith("w.duckdb")
