@@ -163,3 +163,24 @@ if __name__ == "__main__":
     found = fetch_wheel()
     if found:
         print(f"{SAE_PROBES}: {len(sae_probes_names())} labelled datasets in {found}")
+
+
+def wheel_note(skipped: list[str]) -> str:
+    """The one-line note on sets skipped because the sae-probes wheel is absent."""
+    return (f"{SAE_PROBES} wheel not in {wheel_path().parent} (run `make corpus`); skipped "
+            f"{', '.join(skipped)}")
+
+
+def resolve(eval_name: str, datasets, stand_in: list[str]) -> tuple[list[str], str]:
+    """The probing sets that can run now, and a note on any skipped because the wheel is absent
+    (`stand_in` runs instead if nothing is left). An unknown name is a one-line error."""
+    wheel, corpus = set(sae_probes_names()), set(CORPUS_SETS)
+    if wheel:
+        unknown = [d for d in datasets if d not in wheel | corpus]
+        if unknown:
+            raise UserError(f"{eval_name}: unknown datasets {', '.join(unknown)}; available: "
+                            f"{', '.join(available())}")
+        return list(datasets), ""
+    names = [d for d in datasets if d in corpus]
+    skipped = [d for d in datasets if d not in corpus]
+    return (names or list(stand_in), wheel_note(skipped)) if skipped else (names, "")

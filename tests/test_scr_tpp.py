@@ -260,6 +260,7 @@ def test_without_the_wheel_the_corpus_sets_stand_in(monkeypatch, tmp_path):
     names, note = scr.resolve_datasets(ScrConfig())
     assert names == ["emma_mansfieldpark_x_dialogue"]
     assert "skipped amazon_yelp_x_sentiment, wikidata_arts_public_x_gender" in note
-    assert tpp.resolve_datasets(TppConfig()) == (["austen_book"], tpp.wheel_note(["97_news_class"]))
+    assert tpp.resolve_datasets(TppConfig()) == (["austen_book"],
+                                              probe_datasets.wheel_note(["97_news_class"]))
     with pytest.raises(UserError, match="unknown SCR dataset"):  # a typo is still an error
         scr.resolve_datasets(ScrConfig(datasets=("amazon_yelp",)))

@@ -36,9 +36,7 @@ def store_dir(ctx: EvalContext, cfg, eval_name: str) -> Path:
     return Path(ctx.store_path).parent / "eval_stores"
 
 
-def wheel_note(skipped: list[str]) -> str:
-    return (f"{probe_datasets.SAE_PROBES} wheel not in {probe_datasets.wheel_path().parent} "
-            f"(run `make corpus`); skipped {', '.join(skipped)}")
+wheel_note = probe_datasets.wheel_note  # shared with sparse_probing (store/probe_datasets.py)
 
 
 def build_eval_store(ctx: EvalContext, cfg, eval_name: str, data: ProbeSet) -> Path:

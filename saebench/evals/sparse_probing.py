@@ -28,23 +28,9 @@ from store.errors import UserError
 
 
 def resolve_datasets(cfg: SparseProbingConfig) -> tuple[list[str], str]:
-    """The datasets that can run now, and a note on any skipped because the wheel is absent."""
-    wheel = set(probe_datasets.sae_probes_names())
-    corpus = set(probe_datasets.CORPUS_SETS)
-    if wheel:
-        unknown = [d for d in cfg.datasets if d not in wheel | corpus]
-        if unknown:
-            raise UserError(f"sparse_probing: unknown datasets {', '.join(unknown)}; available: "
-                            f"{', '.join(probe_datasets.available())}")
-        return list(cfg.datasets), ""
-    names = [d for d in cfg.datasets if d in corpus]
-    skipped = [d for d in cfg.datasets if d not in corpus]
-    note = ""
-    if skipped:
-        note = (f"{probe_datasets.SAE_PROBES} wheel not in {probe_datasets.wheel_path().parent} "
-                f"(run `make corpus`); skipped {', '.join(skipped)}")
-        names = names or list(corpus)  # the corpus sets stand in
-    return names, note
+    """The datasets that can run now (the corpus sets stand in without the wheel), and a note
+    on any skipped."""
+    return probe_datasets.resolve("sparse_probing", cfg.datasets, list(probe_datasets.CORPUS_SETS))
 
 
 def store_dir(ctx: EvalContext, cfg: SparseProbingConfig) -> Path:

@@ -31,7 +31,6 @@ from saebench.evals.scr_tpp import (
     probe_direction,
     store_dir,
     top_latents,
-    wheel_note,
 )
 from saebench.evals.scr_tpp_config import TppConfig
 from store import probe_datasets
@@ -41,18 +40,9 @@ KINDS = ("total_metric", "intended_diff_only", "unintended_diff_only")
 
 
 def resolve_datasets(cfg: TppConfig) -> tuple[list[str], str]:
-    """The sets that can run now, and a note on any skipped because the wheel is absent."""
-    wheel = set(probe_datasets.sae_probes_names())
-    corpus = set(probe_datasets.CORPUS_SETS)
-    if wheel:
-        unknown = [d for d in cfg.datasets if d not in wheel | corpus]
-        if unknown:
-            raise UserError(f"tpp: unknown datasets {', '.join(unknown)}; available: "
-                            f"{', '.join(probe_datasets.available())}")
-        return list(cfg.datasets), ""
-    names = [d for d in cfg.datasets if d in corpus]
-    skipped = [d for d in cfg.datasets if d not in corpus]
-    return (names or ["austen_book"], wheel_note(skipped)) if skipped else (names, "")
+    """The sets that can run now (Austen's novels stand in without the wheel), and a note on
+    any skipped."""
+    return probe_datasets.resolve("tpp", cfg.datasets, ["austen_book"])
 
 
 def _probe_set(name: str, cfg: TppConfig) -> probe_datasets.ProbeSet:
