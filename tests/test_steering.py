@@ -232,10 +232,11 @@ def test_steer_page(tmp_path, monkeypatch):
 
 
 def test_copy_free_layout_is_bit_identical(prompt_ids):
-    from store.models import load_model
+    from store.models import _random_model, load_model
     from store.weight_layout import copy_free_layout
 
-    fresh = load_model.__wrapped__("random:tiny")  # not the cached model other tests share
+    assert load_model("random:tiny").blocks[0].mlp.W_gate.T.is_contiguous()  # every load has it
+    fresh = _random_model("tiny", "cpu")  # built as TransformerLens lays it out, and unshared
     w_gate, attn = fresh.blocks[0].mlp.W_gate, fresh.blocks[0].attn
     assert not w_gate.T.is_contiguous()
     with torch.inference_mode():

@@ -20,7 +20,10 @@ def test_store_holds_what_the_model_computes(tiny_store):
     model = load_model("random:tiny")
     acts, _ = forward(model, TINY_HOOK, windows[:16], with_grads=False)
     stored = s.read_chunk(s.split_chunks("train")[0], drop_bos=False).view(16, 32, -1)
-    torch.testing.assert_close(stored.float(), acts.half().float())
+    # Within one fp16 step: the cache ran the model in other batch shapes, and with the
+    # copy-free weight layout a matmul's last float32 bit can depend on the shape, which now and
+    # then rounds an element to the neighbouring fp16 value.
+    torch.testing.assert_close(stored.float(), acts.half().float(), rtol=1e-3, atol=1e-3)
 
 
 def test_sql_returns_the_vector_and_token(tiny_store):
