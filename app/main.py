@@ -23,9 +23,9 @@ PAGES = [
     ("views/steer.py", "Steer", "steer"),
     ("views/dead_dense.py", "Dead and dense", "dead_dense"),
     ("views/circuits.py", "Circuits", "circuits"),
+    ("views/prompt_graph.py", "Prompt graph", "prompt_graph"),
     ("views/compare.py", "Compare SAEs", "compare"),
     ("views/feature_map.py", "Feature map", "feature_map"),
-    ("views/prompt_graph.py", "Prompt graph", "prompt_graph"),
 ]
 
 
