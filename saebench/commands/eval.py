@@ -13,6 +13,8 @@ from pathlib import Path
 from saebench.evals.absorption_config import AbsorptionConfig
 from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
+from saebench.evals.dark_matter_config import DarkMatterConfig
+from saebench.evals.ioi_principled_config import IOIPrincipledConfig
 from saebench.evals.mdl_config import MDLConfig
 from saebench.evals.meta_config import MetaStructureConfig
 from saebench.evals.scr_tpp_config import ScrConfig, TppConfig
@@ -36,8 +38,8 @@ class Args:
     in the SAE folder. It must hold the SAE's hook and d_in."""
     evals: tuple[str, ...] = ("core",)
     """Which evals to run, in order: core, sparse_probing, scr, tpp, absorption, autointerp,
-    meta_structure, mdl, synthetic; `all` runs every eval that applies to the SAE (all but
-    synthetic), skipping the others with a one-line reason."""
+    meta_structure, mdl, dark_matter, synthetic; `all` runs every eval that applies to the SAE
+    (all but synthetic), skipping the others with a one-line reason."""
     core: CoreConfig = field(default_factory=CoreConfig)
     """Settings of the core eval."""
     meta_structure: MetaStructureConfig = field(default_factory=MetaStructureConfig)
@@ -56,6 +58,10 @@ class Args:
     """Settings of the targeted probe perturbation eval (multi-class sets, N latents)."""
     absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
     """Settings of the absorption eval (first-letter probes; --absorption.max-words subsamples)."""
+    ioi_principled: IOIPrincipledConfig = field(default_factory=IOIPrincipledConfig)
+    """Settings of the IOI supervised-dictionary eval (Makelov et al. 2024)."""
+    dark_matter: DarkMatterConfig = field(default_factory=DarkMatterConfig)
+    """Settings of the dark-matter eval (linear vs nonlinear SAE error; inference-time pursuit)."""
     workspace: Path | None = None
     """Workspace that the synthetic eval trains its SAEs into (saes/synthetic-*), e.g. runs/x."""
     markdown: bool = False
