@@ -29,6 +29,7 @@ COMMANDS = {
     "tasks": "Score a model on the circuit task suites (clean and corrupt prompts).",
     "circuits": "Find a sparse feature circuit for a task across SAEs at several hooks.",
     "graph": "Attribute one prompt's target-token logit to SAE latents: an attribution graph.",
+    "illusion": "Check MLP latents for the subspace-patching illusion (W_out null-space split).",
 }
 
 
