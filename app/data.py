@@ -12,8 +12,12 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from app import index_reader
+from saebench.index import schema
 from store.catalog import VIEWS, connect, write_parquet_atomic
 
 LABELS_FILE = "labels.parquet"
@@ -73,19 +77,44 @@ def pairs(wanted: dict[str, list[int]]) -> tuple[str, list]:
 
 
 class Catalog:
-    """One short-lived read-only connection; use as `with Catalog(ws) as db:`."""
+    """One short-lived read-only connection; use as `with Catalog(ws) as db:`.
+
+    The connection opens on the first SQL query. Lookups of a few latents of one SAE (the
+    feature page's) read that SAE's own files through app/index_reader.py instead, which is
+    ~10x faster than a fresh connection per render, and fall back to SQL without the file.
+    """
 
     def __init__(self, workspace: Path) -> None:
         self.workspace = Path(workspace)
         self.views = available(self.workspace)
         self._cols: dict[str, list[str]] = {}
+        self._con = None
 
     def __enter__(self) -> Catalog:
-        self.con = connect(self.workspace)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.con.close()
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    @property
+    def con(self):
+        if self._con is None:
+            self._con = connect(self.workspace)
+        return self._con
+
+    def _keyed(self, sae: str, file: str, latents: list[int], sort: list | None = None,
+               columns: list[str] | None = None) -> list[dict]:
+        """Rows of `saes/<sae>/index/<file>` for some latents, without `sae`. That file is
+        the catalog view's only source of this SAE's rows, so without it there are none."""
+        table = index_reader.rows(self.workspace / "saes" / sae / schema.INDEX_DIR / file,
+                                  latents, columns)
+        if table is None:
+            return []
+        if sort:
+            table = table.sort_by(sort)
+        return table.drop_columns([c for c in ("sae",) if c in table.column_names]).to_pylist()
 
     def has(self, *views: str) -> bool:
         return all(v in self.views for v in views)
@@ -123,22 +152,24 @@ class Catalog:
     def feature(self, sae: str, latent: int) -> dict | None:
         if not self.has("features"):
             return None
-        rows = self.rows("SELECT * FROM features WHERE sae = ? AND latent = ?", [sae, latent])
+        rows = self._keyed(sae, schema.FEATURES_FILE, [latent])
         return rows[0] if rows else None
 
     def n_latents(self, sae: str) -> int:
         if not self.has("features"):
             return 0
-        return self.rows("SELECT count(*) AS n FROM features WHERE sae = ?", [sae])[0]["n"]
+        n = index_reader.num_rows(
+            self.workspace / "saes" / sae / schema.INDEX_DIR / schema.FEATURES_FILE)
+        return n or 0  # one row per latent
 
     def contexts(self, sae: str, latent: int) -> list[dict]:
         """Top and interval contexts; `loss_effects` is present where the index has them."""
         if not self.has("contexts"):
             return []
-        # SELECT *: indexes from before loss effects lack that column.
-        return self.rows(
-            "SELECT * EXCLUDE (sae, latent) FROM contexts "
-            "WHERE sae = ? AND latent = ? ORDER BY kind DESC, bucket DESC, rank", [sae, latent])
+        # Every column: indexes from before loss effects lack that one.
+        found = self._keyed(sae, schema.CONTEXTS_FILE, [latent], sort=[
+            ("kind", "descending"), ("bucket", "descending"), ("rank", "ascending")])
+        return [{k: v for k, v in r.items() if k != "latent"} for r in found]
 
     def top_tokens(self, wanted: dict[str, list[int]], n: int = 3) -> dict[tuple, list[int]]:
         """{(sae, latent): ids of the tokens its top contexts fire on, most frequent first},
@@ -146,12 +177,13 @@ class Catalog:
         if not self.has("features") or not any(wanted.values()):
             return {}
         out: dict[tuple, list[int]] = {}
-        if "top_tokens" in self._columns("features"):
-            cond, params = pairs(wanted)
-            out = {(r["sae"], r["latent"]): r["top_tokens"][:n] for r in self.rows(
-                f"SELECT sae, latent, top_tokens FROM features WHERE {cond}", params)
-                if r["top_tokens"] is not None}
-        missing = {sae: [i for i in ids if (sae, i) not in out] for sae, ids in wanted.items()}
+        missing: dict[str, list[int]] = {}
+        for name, ids in wanted.items():
+            found = self._keyed(name, schema.FEATURES_FILE, ids, columns=["latent", "top_tokens"])
+            if found and "top_tokens" not in found[0]:
+                missing[name] = ids
+            # A null list is a latent that never fired: it has no top tokens to look for.
+            out |= {(name, r["latent"]): (r.get("top_tokens") or [])[:n] for r in found}
         if any(missing.values()) and self.has("contexts"):
             # Indexes from before features.top_tokens: the same summary from the contexts,
             # which decodes each latent's token lists (app_bench: about as slow as the
@@ -164,32 +196,30 @@ class Catalog:
                 "GROUP BY sae, latent", [n, *params])}
         return {k: v for k, v in out.items() if k[1] in wanted.get(k[0], ())}
 
-    def _columns(self, view: str) -> list[str]:
-        """A view's column names (binding only: nothing is scanned), once per Catalog."""
-        if view not in self._cols:
-            self._cols[view] = self.con.sql(f"SELECT * FROM {view} LIMIT 0").columns
-        return self._cols[view]
-
     def token_strings(self, sae: str, ids: list[int]) -> dict[int, str]:
         if not self.has("vocab") or not ids:
             return {}
-        rows = self.rows("SELECT token_id, token FROM vocab WHERE sae = ? "
-                         "AND token_id IN (SELECT unnest(?::INTEGER[]))", [sae, sorted(set(ids))])
-        return {r["token_id"]: r["token"] for r in rows}
+        vocab = index_reader.whole(self.workspace / "saes" / sae / schema.INDEX_DIR
+                                   / schema.VOCAB_FILE)
+        if vocab is None:
+            return {}
+        hit = vocab.filter(pc.is_in(vocab["token_id"], pa.array(sorted(set(ids)),
+                                                                type=pa.int32())))
+        return dict(zip(hit["token_id"].to_pylist(), hit["token"].to_pylist(), strict=True))
 
     def logits(self, sae: str, latent: int) -> list[dict]:
         if not self.has("logit_effects"):
             return []
-        return self.rows(
-            "SELECT kind, rank, token_id, value FROM logit_effects "
-            "WHERE sae = ? AND latent = ? ORDER BY kind DESC, rank", [sae, latent])
+        found = self._keyed(sae, schema.LOGITS_FILE, [latent], sort=[
+            ("kind", "descending"), ("rank", "ascending")])
+        return [{k: r[k] for k in ("kind", "rank", "token_id", "value")} for r in found]
 
     def neighbours(self, sae: str, latent: int) -> list[dict]:
         if not self.has("neighbours"):
             return []
-        return self.rows(
-            "SELECT kind, rank, other, value FROM neighbours "
-            "WHERE sae = ? AND latent = ? ORDER BY kind, rank", [sae, latent])
+        found = self._keyed(sae, schema.NEIGHBOURS_FILE, [latent], sort=[
+            ("kind", "ascending"), ("rank", "ascending")])
+        return [{k: r[k] for k in ("kind", "rank", "other", "value")} for r in found]
 
     def random_alive(self, sae: str) -> int | None:
         if not self.has("features"):
@@ -203,10 +233,11 @@ class Catalog:
         """{(sae, latent): label} for some latents of some SAEs, in one query."""
         if not self.has("labels") or not any(wanted.values()):
             return {}
-        cond, params = pairs(wanted)
-        return {(r["sae"], r["latent"]): r["label"] for r in self.rows(
-            f"SELECT sae, latent, label FROM labels WHERE {cond}", params)
-            if r["latent"] in wanted.get(r["sae"], ())}
+        table = index_reader.whole(self.workspace / LABELS_FILE)
+        # The view's only file; small (typed by hand), so filtered in Python.
+        return {(r["sae"], r["latent"]): r["label"]
+                for r in table.select(["sae", "latent", "label"]).to_pylist()
+                if r["latent"] in wanted.get(r["sae"], ())} if table is not None else {}
 
     def labels(self, sae: str, latents: list[int] | None = None) -> dict[int, str]:
         if not self.has("labels"):

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import math
 
-from app.data import Catalog, pairs
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from app import index_reader
+from app.data import Catalog
+
+FILE = "features/explanations.parquet"  # under saes/<name>/: the catalog view's glob
 
 
 def read(db: Catalog, wanted: dict[str, list[int]]) -> dict[tuple, dict]:
@@ -19,10 +25,8 @@ def read(db: Catalog, wanted: dict[str, list[int]]) -> dict[tuple, dict]:
     in one query; latents the autointerp eval did not explain are absent."""
     if not db.has("explanations") or not any(wanted.values()):
         return {}
-    cond, params = pairs(wanted)
     out = {}
-    for r in db.rows("SELECT sae, latent, explanation, explainer, score FROM explanations "
-                     f"WHERE {cond}", params):
+    for r in _rows(db, wanted):
         if r["latent"] not in wanted.get(r["sae"], ()):
             continue
         score = r["score"]
@@ -30,6 +34,20 @@ def read(db: Catalog, wanted: dict[str, list[int]]) -> dict[tuple, dict]:
             "explanation": r["explanation"] or "", "explainer": r["explainer"] or "",
             "score": None if score is None or math.isnan(score) else float(score)}
     return out
+
+
+def _rows(db: Catalog, wanted: dict[str, list[int]]) -> list[dict]:
+    """The wanted rows of each SAE's file (the catalog view's only source), read once per
+    file version (app/index_reader.py), so a feature page needs no SQL connection."""
+    rows = []
+    for sae, ids in wanted.items():
+        table = index_reader.whole(db.workspace / "saes" / sae / FILE)
+        if table is not None and ids:
+            hit = table.filter(pc.is_in(table["latent"], pa.array(ids).cast(
+                table["latent"].type)))
+            rows += hit.select(["sae", "latent", "explanation", "explainer", "score"]
+                               ).to_pylist()
+    return rows
 
 
 def describe(e: dict | None) -> str:
