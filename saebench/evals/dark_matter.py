@@ -30,7 +30,11 @@ from tqdm.auto import tqdm
 
 from saebench.evals import pursuit
 from saebench.evals.context import HELDOUT, EvalContext, EvalResult
-from saebench.evals.dark_matter_config import DarkMatterConfig
+from saebench.evals.dark_matter_config import (
+    DEFAULT_EVAL_TOKENS,
+    DEFAULT_FIT_TOKENS,
+    DarkMatterConfig,
+)
 from saebench.evals.dark_matter_fit import HeldOutScore, MomentSums
 from saebench.evals.reconstruction import ReconstructionStats
 from store.errors import UserError
@@ -53,8 +57,10 @@ def plan(ctx: EvalContext, cfg: DarkMatterConfig) -> Plan:
     """The token counts, or a UserError if the store holds too few."""
     where = ctx.store_path or "the store"
     counts = {}
-    for split, asked, what in ((TRAIN, cfg.fit_tokens, "fit_tokens"),
-                               (HELDOUT, cfg.n_tokens, "n_tokens")):
+    for split, asked, what, default in (
+        (TRAIN, cfg.fit_tokens, "fit_tokens", DEFAULT_FIT_TOKENS),
+        (HELDOUT, cfg.n_tokens, "n_tokens", DEFAULT_EVAL_TOKENS),
+    ):
         held = int(ctx.store.n_tokens(split))
         if held < 2:
             raise UserError(f"{where} holds {held} {split} tokens; dark_matter needs at least "
@@ -62,7 +68,7 @@ def plan(ctx: EvalContext, cfg: DarkMatterConfig) -> Plan:
         if asked is not None and asked > held:
             raise UserError(f"dark_matter {what} asks for {asked} {split} tokens but {where} "
                             f"holds {held}; lower it")
-        counts[split] = held if asked is None else asked
+        counts[split] = min(default, held) if asked is None else asked
     n_fit, n_eval = counts[TRAIN], counts[HELDOUT]
     return Plan(n_fit, n_eval, min(cfg.pursuit_fit_tokens, n_fit),
                 min(cfg.pursuit_tokens, n_eval))

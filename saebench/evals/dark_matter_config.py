@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from store.errors import UserError
 
 PURSUITS = ("refit", "gp")
+DEFAULT_FIT_TOKENS = 16384
+DEFAULT_EVAL_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -14,11 +16,14 @@ class DarkMatterConfig:
     """How much of an SAE's error a linear map of x predicts (Engels, Riggs & Tegmark 2024,
     arXiv 2410.14670), and how much inference-time code optimisation removes."""
 
-    fit_tokens: int | None = 32768
+    fit_tokens: int | None = None
     """Train-split tokens (BOS excluded) on which the linear maps x -> error and x -> ‖error‖
-    are fitted; None: every train token. More than the store holds is an error."""
+    are fitted; None: 16384, or every train token if fewer (577 parameters per target, so
+    overfitting stays near 577/16384 = 3.5% of the unexplained part). More than the store
+    holds is an error."""
     n_tokens: int | None = None
-    """Held-out tokens on which R² and the shares are measured; None: every held-out token."""
+    """Held-out tokens on which R² and the shares are measured; None: 8192, or every held-out
+    token if fewer. More than the store holds is an error."""
     ridge: float = 1e-4
     """Ridge penalty, relative to the mean per-dimension variance of x (the intercept is not
     penalised); small, only to keep the normal equations well conditioned."""
@@ -26,10 +31,12 @@ class DarkMatterConfig:
     """Inference-time optimisations to score on the decoder: `refit` (the SAE's own support,
     coefficients re-optimised) and `gp` (gradient pursuit choosing a new support of the same
     size); empty: none."""
-    pursuit_fit_tokens: int = 8192
+    pursuit_fit_tokens: int = 4096
     """Train tokens on which the linear maps of the pursuit comparison are fitted (pursuit is
-    run on them too, so the SAE's and the pursuit's errors are fitted alike)."""
-    pursuit_tokens: int = 4096
+    run on them too, so the SAE's and the pursuit's errors are fitted alike; fewer than
+    fit_tokens because gradient pursuit costs k full-dictionary correlations per token, so
+    its linear shares read lower than the main ones: compare them with `sae/*`)."""
+    pursuit_tokens: int = 2048
     """Held-out tokens (the first ones) on which the pursuit comparison is measured."""
     refine_steps: int = 20
     """Projected-gradient steps on a fixed support: the whole of `refit`, and the polish after
