@@ -40,6 +40,7 @@ VIEWS: dict[str, str] = {
     "logit_effects": "saes/*/index/logits.parquet",
     "neighbours": "saes/*/index/neighbours.parquet",
     "vocab": "saes/*/index/vocab.parquet",
+    "head_attribution": "saes/*/index/head_attribution.parquet",  # attn.hook_z SAEs only
     # Written by `saebench circuits` (saebench/circuits/output.py write_catalog).
     "circuit_sweeps": "circuits/*.sweep.parquet",
     "circuit_nodes": "circuits/*.nodes.parquet",

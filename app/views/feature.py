@@ -10,7 +10,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from app import charts, common, explanations, feature_card
+from app import attn_pane, charts, common, explanations, feature_card
 from app.data import Catalog, save_label
 
 ws, sae = common.workspace(), common.sae()
@@ -125,6 +125,10 @@ with left:
 with right:
     st.plotly_chart(charts.activation_histogram(feat["hist_counts"] or [], feat["max_act"]),
                     key="act_hist")
+
+# --- attention-output SAEs: head shares; source-token DFA on request (app/attn_pane.py) ---
+if attn_pane.is_attn(ws, sae):
+    attn_pane.render(ws, sae, latent, card["contexts"], feat["max_act"])
 
 # --- logits -------------------------------------------------------------------------------
 st.subheader("Logit effects")

@@ -26,6 +26,9 @@ All files live in `<sae_dir>/index/` and are seen through the catalog views name
   'coactivation'), rank SMALLINT, other INT32, value FLOAT.
 - `vocab.parquet` (view `vocab`): sae, token_id INT32, token VARCHAR (the model's decoded
   single-token strings, from the store's `vocab` table).
+- `head_attribution.parquet` (view `head_attribution`; SAEs at `blocks.L.attn.hook_z`
+  only): sae, latent INT32, head SMALLINT, share FLOAT (the head's part of the squared norm
+  of the latent's decoder row; see saebench/index/head_table.py).
 - `index.json`: the settings and notes of a finished index (written last: it marks completion).
 - `.state.pt`: the pass state of an unfinished run (deleted when the run completes).
 """
@@ -43,6 +46,7 @@ CONTEXTS_FILE = "contexts.parquet"
 LOGITS_FILE = "logits.parquet"
 NEIGHBOURS_FILE = "neighbours.parquet"
 VOCAB_FILE = "vocab.parquet"
+HEADS_FILE = "head_attribution.parquet"
 DONE_FILE = "index.json"
 STATE_FILE = ".state.pt"
 FORMAT = "saebench-index/1"
@@ -85,6 +89,8 @@ NEIGHBOURS = pa.schema([
     ("other", pa.int32()), ("value", pa.float32()),
 ])
 VOCAB = pa.schema([("sae", pa.string()), ("token_id", pa.int32()), ("token", pa.string())])
+HEADS = pa.schema([("sae", pa.string()), ("latent", pa.int32()), ("head", pa.int16()),
+                   ("share", pa.float32())])
 
 # Sort keys per file: `WHERE latent = ?` then touches few row groups.
 SORT_KEYS = {
@@ -93,6 +99,7 @@ SORT_KEYS = {
     LOGITS_FILE: ["latent", "kind", "rank"],
     NEIGHBOURS_FILE: ["latent", "kind", "rank"],
     VOCAB_FILE: ["token_id"],
+    HEADS_FILE: ["latent", "head"],
 }
 
 

@@ -9,6 +9,7 @@ import torch
 
 from saebench.index import schema, tables
 from saebench.index.coactivation import top_correlated
+from saebench.index.head_table import add_head_attribution
 from saebench.index.logit_lens import logit_effects, unembed_for
 from saebench.index.loss_effects import estimated_flops, runs_on, top_loss_effects
 from saebench.index.neighbours import decoder_neighbours
@@ -118,6 +119,8 @@ def write_index(
         schema.write_index_table(out / schema.VOCAB_FILE, tables.vocab_table(name, vocab))
     else:
         notes.append("vocab not written: the store has no vocab table")
+    note = add_head_attribution(sae_dir, sae, store, model, device)
+    notes += [note] if note else []
     n_dead = int((t["fires"] == 0).sum())
     notes.append(f"{d_sae} latents indexed over {seen} tokens; {n_dead} dead")
     refresh(workspace_of(sae_dir))
