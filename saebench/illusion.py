@@ -44,8 +44,10 @@ class IllusionConfig:
     """Patch at every real position ("all") or at the metric's position only ("last")."""
     batch_size: int = 32
     """Prompt pairs per forward pass."""
-    min_effect: float = 1e-6
-    """|effect of the full direction| below this leaves the share undefined (None)."""
+    min_effect: float = 0.05
+    """The share needing the null space is left undefined (None) when |effect of the full
+    direction| is below this fraction of |clean − corrupt| mean metric (our choice: a ratio of
+    two near-zero effects is noise, and random directions' effects are near zero)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.rel_tol < 1:
@@ -54,6 +56,8 @@ class IllusionConfig:
             raise UserError(f"positions must be 'all' or 'last', got {self.positions!r}")
         if self.batch_size < 1:
             raise UserError(f"batch_size must be positive, got {self.batch_size}")
+        if self.min_effect < 0:
+            raise UserError(f"min_effect must be non-negative, got {self.min_effect}")
 
 
 def mlp_layer(hook: str) -> int:
@@ -152,8 +156,8 @@ def _logits_at(model, tokens: Tensor, pos: Tensor, hooks: list) -> Tensor:
 
 def _chunk_effects(
     model, hook: str, units: Tensor, prompts: Prompts, idx: Tensor, cfg: IllusionConfig,
-) -> tuple[Tensor, float]:
-    """(Σ over the chunk's pairs of metric change per direction, Σ clean metric)."""
+) -> tuple[Tensor, float, float]:
+    """(Σ over the chunk's pairs of metric change per direction, Σ clean, Σ source metric)."""
     device = units.device
     pos = prompts.pos[idx].to(device)
     width = int(pos.max()) + 1
@@ -165,7 +169,8 @@ def _chunk_effects(
     def keep(act, hook):
         saved["h"] = act.clone()
 
-    _logits_at(model, prompts.source[idx, :width].to(device), pos, [(hook, keep)])
+    src = prompts.metric(_logits_at(model, prompts.source[idx, :width].to(device), pos,
+                                    [(hook, keep)]), idx)
     where = where.to(saved["h"].dtype)
     base = prompts.metric(_logits_at(model, clean, pos, []), idx).double().cpu()
     sums = torch.zeros(len(units), dtype=torch.float64)
@@ -176,31 +181,31 @@ def _chunk_effects(
 
         out = prompts.metric(_logits_at(model, clean, pos, [(hook, patch)]), idx)
         sums[i] = (out.double().cpu() - base).sum()
-    return sums, float(base.sum())
+    return sums, float(base.sum()), float(src.double().sum())
 
 
 @torch.inference_mode()
 def patch_effects(
     model, hook: str, directions: Float[Tensor, "n d_mlp"], prompts: Prompts,
     cfg: IllusionConfig | None = None, progress: bool = False,
-) -> tuple[Float[Tensor, " n"], float]:
-    """(effect of patching along each direction, mean clean metric): Δ mean metric."""
+) -> tuple[Float[Tensor, " n"], float, float]:
+    """(Δ mean metric when patching along each direction, mean clean, mean source metric)."""
     from tqdm.auto import tqdm
 
     cfg = cfg or IllusionConfig()
     device = next(model.parameters()).device
     units = unit(directions.float()).to(device)
-    total, clean_sum = torch.zeros(len(units), dtype=torch.float64), 0.0
+    total, clean_sum, src_sum = torch.zeros(len(units), dtype=torch.float64), 0.0, 0.0
     n = len(prompts.pos)
     with tqdm(total=n * len(units), desc="illusion patches", unit="patch",
               disable=not progress) as bar:
         for start in range(0, n, cfg.batch_size):
             idx = torch.arange(start, min(n, start + cfg.batch_size))
-            sums, base = _chunk_effects(model, hook, units, prompts, idx, cfg)
+            sums, base, src = _chunk_effects(model, hook, units, prompts, idx, cfg)
             total += sums
-            clean_sum += base
+            clean_sum, src_sum = clean_sum + base, src_sum + src
             bar.update(len(idx) * len(units))
-    return (total / n).float(), clean_sum / n
+    return (total / n).float(), clean_sum / n, src_sum / n
 
 
 def task_prompts(task, batch) -> Prompts:

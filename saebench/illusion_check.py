@@ -27,14 +27,16 @@ ILLUSION_SHARE = 0.5
 part (our threshold: the paper shows the split, it sets no cut-off)."""
 
 
-def share_needing_null(full: float, row: float, min_effect: float) -> float | None:
+def share_needing_null(full: float, row: float, floor: float) -> float | None:
     """1 − effect(row part) / effect(full): how much of the effect needs the null-space part.
 
     Our definition (the paper compares the two effects side by side, §3): 0 when the row-space
     part alone does everything, 1 when it does nothing; it can leave [0, 1] when the row part
-    overshoots or acts against the full direction. None when the full effect is ~0.
+    overshoots (> 1 when it acts against the full direction; < 0 when it does more than the
+    full direction, as an inert null part dilutes a unit direction's row part by √(1 − null
+    share) on reading and on writing). None when |full| is below `floor`.
     """
-    if abs(full) < min_effect:
+    if abs(full) < floor or full == 0:
         return None
     return 1.0 - row / full
 
@@ -52,15 +54,19 @@ def check_directions(
     basis = row_space(W, cfg.rel_tol)
     parts = split(directions.detach().cpu().float(), basis)
     stacked = torch.cat([directions.detach().cpu().float(), parts.row, parts.null])
-    effects, clean = patch_effects(model, hook, stacked, prompts, cfg, progress=progress)
+    effects, clean, source = patch_effects(model, hook, stacked, prompts, cfg, progress=progress)
     full, row, null = effects.view(3, -1).tolist()
+    gap = source - clean  # what patching the whole activation would do, at most (roughly)
+    floor = cfg.min_effect * abs(gap)
     rows = [
         {"null_share": float(s), "effect_full": f, "effect_row": r, "effect_null": z,
-         "share_needing_null": share_needing_null(f, r, cfg.min_effect)}
+         "full_of_gap": f / gap if gap else None,
+         "share_needing_null": share_needing_null(f, r, floor)}
         for s, f, r, z in zip(parts.null_share.tolist(), full, row, null, strict=True)
     ]
     return {"hook": hook, "d_mlp": int(W.shape[0]), "d_model": int(W.shape[1]),
-            "row_rank": int(basis.shape[1]), "clean_metric": clean, "rows": rows}
+            "row_rank": int(basis.shape[1]), "clean_metric": clean, "source_metric": source,
+            "rows": rows}
 
 
 @torch.inference_mode()

@@ -76,6 +76,9 @@ def test_mixed_direction_is_an_illusion_and_the_feature_is_not():
                            planted_prompts(), IllusionConfig(batch_size=2))
     mixed, feature = rec["rows"]
     assert rec["clean_metric"] == pytest.approx(4.0)  # the feature unit writes 2 to dim 1
+    assert rec["source_metric"] == pytest.approx(0.0)  # nothing fires on the corrupt token
+    assert mixed["full_of_gap"] == pytest.approx(0.75, abs=1e-5)
+    assert feature["full_of_gap"] == pytest.approx(1.0, abs=1e-5)
     assert mixed["effect_full"] == pytest.approx(-3.0, abs=1e-5)
     assert mixed["effect_row"] == pytest.approx(0.0, abs=1e-5)  # dormant: no variation
     assert mixed["effect_null"] == pytest.approx(0.0, abs=1e-5)  # W_out cannot see it
@@ -96,7 +99,7 @@ def test_last_position_patch_and_share_edge_cases():
 
 
 @pytest.mark.parametrize("bad", [dict(rel_tol=0.0), dict(positions="first"),
-                                 dict(batch_size=0)])
+                                 dict(batch_size=0), dict(min_effect=-1.0)])
 def test_bad_config_is_one_line(bad):
     with pytest.raises(UserError):
         IllusionConfig(**bad)
