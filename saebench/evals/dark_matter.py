@@ -18,6 +18,11 @@ Shares (all on held-out tokens, in the model's own units):
   `<pursuit>/nonlinear_removed` compares like with like. For `gp` each token keeps whichever
   of the pursuit's and the SAE's codes reconstructs it better (ours: the encoder's answer is a
   candidate, so optimising never hurts); `gp/chosen_frac` says how often pursuit won.
+
+The paper's text was not at hand while writing this, so its section numbers are not cited and
+these choices are ours: the intercept, the small ridge, fitting on the train split and scoring
+on held-out tokens (the first ones, so a few contiguous documents), the uncentred shares, and
+the token counts (DarkMatterConfig).
 """
 
 from __future__ import annotations
