@@ -55,7 +55,14 @@ class TrainConfig:
     """W&B project name, when --wandb is set."""
     progress: bool = True
     """Show a progress bar."""
+    loss: Literal["local", "e2e", "e2e+ds"] = "local"
+    """local: reconstruct the hook's activations (MSE); e2e: KL of the model's output with the
+    SAE spliced in to the clean output; e2e+ds: e2e plus the downstream blocks' residuals
+    (Braun et al. 2024, arXiv 2405.12241; trainers/e2e_loss.py). e2e needs --store."""
 
     def semantic(self) -> dict:
         """The fields that determine the trained weights (a resumed run must match them)."""
-        return {k: v for k, v in asdict(self).items() if k not in NON_SEMANTIC}
+        out = {k: v for k, v in asdict(self).items() if k not in NON_SEMANTIC}
+        if out["loss"] == "local":  # so local runs keyed before `loss` existed still match
+            del out["loss"]
+        return out

@@ -149,12 +149,29 @@ def _stream(args: Args, configs: list) -> list[Path]:
     return folders
 
 
+def _e2e(args: Args, configs: list) -> Path:
+    """--loss e2e / e2e+ds: one SAE, the model in the loop, on a store's token windows."""
+    from trainers.e2e_store import train_from_store
+
+    if args.store is None:
+        raise UserError(f"--loss {args.train.loss} trains on a store's token windows with its "
+                        "model in the loop: give --store")
+    if len(configs) != 1:
+        raise UserError(f"--loss {args.train.loss} trains one SAE per run: give one --arch, "
+                        "--k and --width")
+    return train_from_store(args.store, configs[0], args.out, args.train,
+                            recorded_path=_recorded_path(args.store, args.out))
+
+
 def main(args: Args) -> None:
     from store.activation_store import open_store
     from trainers.distributed import is_main_process
     from trainers.loop import check_grads
 
     configs, _ = plan(args)  # bad --arch/--k/--width/--set fail before the store is opened
+    if args.train.loss != "local":
+        print(_e2e(args, configs))
+        return
     if args.store is None:
         if args.stream.model is None:
             raise UserError("give --store (a cached store) or --model (stream from a model)")
