@@ -9,6 +9,8 @@ One process, one model object, one thread setting (torch's default unless --thre
 - `steer`: SAEHandle.steer end to end (default and steered continuations in one batch, the
   latent read back on both, held-out CE with the hook), after one warm-up call that reads the
   strength units and the clean CE, which later calls reuse;
+- `steer, loss after decoding`: the same with steering.OVERLAP_LOSS off (the held-out pass
+  waits for decoding instead of running beside it in a worker thread);
 - `steer: generation`: the generation part of the same calls;
 - `steer, no KV cache`: the paired generation recomputing the whole sequence each step (once).
 Prints medians, the ratio steer / generate, and whether strength 0 reproduced the default.
@@ -80,6 +82,14 @@ def main() -> None:
     steer, result = _median(lambda: handle.steer(latent, args.strength, prompt=args.prompt,
                                                  n_tokens=args.tokens), args.repeats)
     gen_part = result.seconds["generate"]
+    from saebench import steering
+
+    steering.OVERLAP_LOSS = False  # the same calls with the held-out loss after decoding
+    serial, serial_result = _median(lambda: handle.steer(
+        latent, args.strength, prompt=args.prompt, n_tokens=args.tokens), args.repeats)
+    steering.OVERLAP_LOSS = True
+    same = (serial_result.loss.ce_steered == result.loss.ce_steered
+            and serial_result.steered.ids == result.steered.ids)
 
     hook = SteeringHook(handle.sparse_coder, [latent], torch.tensor([args.strength * units[0][
         latent]]), "add", 1, rows=slice(1, 2))
@@ -91,7 +101,9 @@ def main() -> None:
     n = args.tokens
     print(f"\n| run | seconds for {n} tokens | tokens/s |\n|---|---|---|")
     for name, secs in (("generate, as loaded", as_loaded), ("generate", plain),
-                       ("steer (end to end)", steer), ("steer: generation", gen_part),
+                       ("steer (end to end)", steer),
+                       ("steer, loss after decoding (no overlap)", serial),
+                       ("steer: generation", gen_part),
                        ("steer, no KV cache (generation)", no_cache)):
         print(f"| {name} | {secs:.2f} | {n / secs:.1f} |")
     print(f"\nsteer / generate = {steer / plain:.2f}; steer generation / generate = "
@@ -99,6 +111,7 @@ def main() -> None:
     print(f"first steer call (units from {zero.max_act_source}, clean CE): {first:.1f} s")
     print("steer parts: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items()))
     print(f"strength 0 reproduces the default: {zero.steered.ids == zero.default.ids}")
+    print(f"overlapped and serial loss and text identical: {same}")
     print(f"\nlatent {latent} (max act {result.max_acts[0]:.3g}), add × {args.strength}:")
     for name, gen in (("default", result.default), ("steered", result.steered)):
         acts = gen.acts[latent]

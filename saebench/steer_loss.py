@@ -88,3 +88,20 @@ def heldout_ce(model, windows: Int[Tensor, "seq ctx"], hook_name: str,
                             for r, b in zip(clean["resid"], windows.split(BATCH_SEQS),
                                             strict=True)])
     return clean["ce"][0], steered, clean["ce"][1]
+
+
+def prepare_background(model, windows: Int[Tensor, "seq ctx"], hook_name: str,
+                       first_pos: int) -> bool:
+    """Whether `heldout_ce` may run in another thread while this one runs the model with
+    hooks; if so, its clean pass is done (and cached) here first.
+
+    TransformerLens hooks live on the shared modules, so a forward through the steering hook's
+    site from another thread would be steered by (and could reset) the generator's hooks. Only
+    the resume path is safe: its steered pass starts after the hook (`start_at_layer`) and
+    touches no hooked module, once the clean pass before it is cached.
+    """
+    if resume_layer(hook_name) is None:
+        return False
+    _clean(model, windows, hook_name, first_pos)
+    return True
+

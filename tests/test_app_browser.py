@@ -40,6 +40,16 @@ def _serve(workspace: Path, port: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server; a loaded machine can take longer than a polite wait to exit."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=20)
+
+
 def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,9 +104,8 @@ SETTLED = """() => {
          && !document.querySelector('[data-testid="stSkeleton"]');
 }"""
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
-# Pages that need what this synthetic workspace lacks, covered by their own tests: the model
-# (minutes on a loaded 2-core machine; test_app.py) and the activation store (blind test
-# samples excerpts from it; test_blind_test.py).
+# Pages that need what the synthetic workspace lacks (a model that loads, a store to sample
+# excerpts from): test_model_pages_in_chromium visits them on the tiny real workspace.
 NEEDS_MODEL_OR_STORE = {"test_text", "blind_test"}
 
 
@@ -159,6 +168,55 @@ def test_pages_in_chromium(tmp_path):
             browser.close()
         assert (tmp_path / "feature.png").stat().st_size > 10_000
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        _stop(proc)
     assert not problems, "\n".join(problems)
+
+
+def test_model_pages_in_chromium(tiny_workspace, tmp_path):
+    """The two pages that run the model or read the store, on a copy of the tiny real
+    workspace (random:tiny model, its store, one labelled latent): each renders its working
+    state (per-token features; the blind test's excerpts) with no error and no overflow."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    from workspace_builder import SAE_NAME
+
+    from app.data import save_label
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(tiny_workspace, workspace)
+    latent = _busiest(workspace)
+    save_label(workspace, SAE_NAME, latent, "a test label")
+    port = _free_port()
+    proc = _serve(workspace, port)
+    problems: list[str] = []
+    try:
+        _wait_healthy(proc, port)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 4000})
+            assert set(_pages()) >= NEEDS_MODEL_OR_STORE
+            page.goto(f"http://localhost:{port}/test_text?sae={SAE_NAME}&latent={latent}")
+            page.get_by_text("Top features per token").wait_for(timeout=120_000)
+            problems += _check_page(page, "test_text", tmp_path)
+            page.goto(f"http://localhost:{port}/blind_test?sae={SAE_NAME}&latent={latent}")
+            page.get_by_text("This latent fires on a test label").wait_for(timeout=120_000)
+            problems += _check_page(page, "blind_test", tmp_path)
+            assert page.locator('[data-testid="stCheckbox"]').count() >= 2  # the excerpts
+            browser.close()
+    finally:
+        _stop(proc)
+    assert not problems, "\n".join(problems)
+
+
+def _busiest(workspace: Path) -> int:
+    """The tiny SAE's latent with the most indexed firings (enough excerpts to test)."""
+    from workspace_builder import SAE_NAME
+
+    from app.data import Catalog
+
+    with Catalog(workspace) as db:
+        rows = db.rows("SELECT latent FROM features WHERE sae = ? ORDER BY fires DESC "
+                       "LIMIT 1", [SAE_NAME])
+    return int(rows[0]["latent"])
+
