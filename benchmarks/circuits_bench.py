@@ -91,6 +91,74 @@ def plot(recs: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+SPARSE_KINDS = {"template-pos": ["--by-template", "--per-position"], "summed": [],
+                "template-summed": ["--by-template"]}
+"""The three node kinds of `--sparse`: today's (mixed templates, summed over positions),
+template-grouped summed, and template-grouped per position (saebench.circuits.positional)."""
+
+
+def _n80(rec: dict) -> str:
+    n80 = rec["summary"]["nodes_for_80"]
+    if n80 is None:
+        best = max(rec["faithfulness"]["sweep"], key=lambda r: r["faithfulness"])
+        return f"not reached (max {best['faithfulness']:.2f} at {best['n_nodes']})"
+    return f"{n80:.0f}"
+
+
+def sparse(sets: dict[str, list[str]], ws: Path, task: str, n: int, force: bool,
+           figures: Path) -> None:
+    """`--sparse`: nodes for 80% faithfulness per node kind and SAE set, a table and a figure
+    (benchmarks/figures/sparse_<task>.png)."""
+    recs: dict[str, dict[str, dict]] = {arch: {} for arch in sets}
+    for kind, flags in SPARSE_KINDS.items():  # kind-major: the new kind first on every set
+        for arch, folders in sets.items():
+            out = ws / "circuits" / f"{task}-attrib-mean-{kind}-{arch}.json"
+            if force or not out.exists():
+                _saebench("circuits", "--saes", *folders, "--task", task, "--n", str(n),
+                          *flags, "--out", str(out))
+            recs[arch][kind] = json.loads(out.read_text())
+    print("| SAEs | hooks | per position, by template | summed, mixed templates (today) | "
+          "summed, by template | today / per position | seconds (per position, today, "
+          "by template) |")
+    print("|---|---|---|---|---|---|---|")
+    for arch, by in recs.items():
+        a = by["summed"]["summary"]["nodes_for_80"]
+        b = by["template-pos"]["summary"]["nodes_for_80"]
+        ratio = f"{a / b:.1f}×" if a and b else "–"
+        secs = ", ".join(f"{by[k]['settings']['seconds']:.0f}" for k in SPARSE_KINDS)
+        hooks = ", ".join(h.split(".")[1] for h in by["summed"]["hooks"])
+        print(f"| {arch} | {hooks} | " + " | ".join(_n80(by[k]) for k in SPARSE_KINDS)
+              + f" | {ratio} | {secs} |")
+    _sparse_plot(recs, figures / f"sparse_{task}.png")
+
+
+def _sparse_plot(recs: dict[str, dict[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
+    styles = {"summed": ":", "template-summed": "--", "template-pos": "-"}
+    for i, (arch, by) in enumerate(recs.items()):
+        for kind, rec in by.items():
+            sweep = sorted(rec["faithfulness"]["sweep"], key=lambda r: r["n_nodes"])
+            ax.plot([max(r["n_nodes"], 1) for r in sweep], [r["faithfulness"] for r in sweep],
+                    marker="o", ms=3, ls=styles[kind], color=f"C{i}", label=f"{arch}, {kind}")
+    ax.axhline(0.8, color="black", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.2, 1.3)
+    ax.set_xlabel("nodes in the circuit")
+    ax.set_ylabel("faithfulness")
+    first = next(iter(next(iter(recs.values())).values()))
+    ax.set_title(f"{first['task']} on {first['model']}: summed vs per-position nodes")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, default=Path("runs/c4"))
@@ -106,8 +174,15 @@ def main() -> None:
     parser.add_argument("--patch", default="mean", choices=["mean", "corrupt"])
     parser.add_argument("--figures", type=Path, default=Path("benchmarks/figures"))
     parser.add_argument("--force", action="store_true", help="recompute the circuits")
+    parser.add_argument("--sparse", nargs="*", metavar="ARCH=DIR[,DIR]",
+                        help="only the per-position comparison, on these SAE sets (default: "
+                        "the sets this script trains): benchmarks/results/sparse_circuits.md")
     args = parser.parse_args()
     ws = args.workspace
+    if args.sparse:
+        sets = {spec.split("=", 1)[0]: spec.split("=", 1)[1].split(",") for spec in args.sparse}
+        sparse(sets, ws, args.tasks[0], args.n, args.force, args.figures)
+        return
     store = ws / "store.duckdb"
     _saebench("cache", "--hook", "resid:4", "--tokens", str(args.cache_tokens),
               "--heldout-tokens", str(args.heldout_tokens), "--store", str(store))

@@ -35,6 +35,10 @@ class Args:
     """Node thresholds of the faithfulness sweep; default: 8 from max |effect| down 10^4."""
     per_position: bool = False
     """Nodes per (position, latent) instead of summed over positions (for templatic tasks)."""
+    by_template: bool = False
+    """Group pairs by template (ioi) so positions align; nodes are then (hook, role, latent)
+    with --per-position, else (hook, latent), ablated to template-group means (Marks et al.
+    2024 §4; saebench.circuits.positional)."""
     edges: bool = True
     """Compute edges (one batched backward per 8 kept downstream nodes and pair chunk)."""
     edge_pairs: int = 32
@@ -79,6 +83,8 @@ def main(args: Args) -> None:
     task = get_task(args.task)  # an unknown task fails before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sset, model = load_set(args.saes, device=device)
+    if args.by_template:
+        return _by_template(args, task, sset, model)
     batch = task.batch(model.tokenizer, args.n, args.seed)
     start = time.perf_counter()
     kw = {"batch_size": args.batch_size, "progress": True}
@@ -119,6 +125,41 @@ def main(args: Args) -> None:
     _print(rec, out)
     print(f"catalog rows -> {ws / output.CIRCUITS_DIR}/{Path(out).stem}.*.parquet "
           "(views circuit_sweeps, circuit_nodes, circuit_edges)")
+
+
+def _by_template(args: Args, task, sset, model) -> None:
+    """`--by-template`: per-position (or summed) nodes over template groups."""
+    import time
+
+    from saebench.circuits import output
+    from saebench.circuits.positional_sweep import discover, label_roles
+    from saebench.tasks.run import MIN_ACCURACY
+    from store.catalog import refresh, workspace_of
+    from store.errors import UserError
+
+    start = time.perf_counter()
+    attr, faith, extra = discover(model, sset, task, args)
+    clean = attr.clean_metric.mean().item()
+    if args.check_task and (attr.accuracy < MIN_ACCURACY or not clean > 0):
+        raise UserError(f"{sset.model_name} does not do task {args.task} (accuracy "
+                        f"{attr.accuracy:.2f}, mean metric {clean:.3g}); pass --no-check-task "
+                        "to go on anyway")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()
+                if k not in ("saes", "out", "device")}
+    settings["seconds"] = time.perf_counter() - start
+    settings["thresholds"] = extra.pop("thresholds")
+    rec = label_roles({**output.record(args.task, sset, attr, faith, settings), **extra},
+                      extra["roles"])
+    ws = workspace_of(args.saes[0])
+    kind = "pos" if args.per_position else "summed"
+    out = args.out or ws / output.CIRCUITS_DIR / f"{args.task}-{args.method}-{kind}.json"
+    output.write(out, rec)
+    output.write_catalog(rec, ws, Path(out).stem)
+    # Role names beside the catalog rows, whose `pos` is the role index (app/views/circuits.py).
+    output.write(ws / output.CIRCUITS_DIR / f"{Path(out).stem}.roles.json",
+                 {"roles": extra["roles"]})
+    refresh(ws)
+    _print(rec, out)
 
 
 def _print(rec: dict, out: Path) -> None:
