@@ -161,3 +161,41 @@ def test_bad_train_input_is_one_line(trained, tmp_path):
         with pytest.raises(UserError, match=message):
             train_e2e(model, tokens, hook, cfg, tmp_path / "sae", META, train, 1.0)
     assert not (tmp_path / "sae").exists()
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    from trainers import e2e_loop
+
+    model, tokens, cfg = planted_model(), windows(32, 2), TopKConfig(d_sae=8, k=1)
+    train = TrainConfig(tokens=560, batch_size=56, lr=1e-2, warmup_steps=0, progress=False,
+                        loss="e2e")
+    whole = load_sae(train_e2e(model, tokens, HOOK, cfg, tmp_path / "a", META, train, 1.0))
+    monkeypatch.setattr(e2e_loop, "CHECKPOINT_SECONDS", -1.0)  # a checkpoint every step
+    real, calls = e2e_loop._one_step, []
+
+    def crash_at_step_6(m, run, step, lr):
+        calls.append(step)
+        if step == 6 and calls.count(6) == 1:
+            raise KeyboardInterrupt
+        real(m, run, step, lr)
+
+    monkeypatch.setattr(e2e_loop, "_one_step", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train_e2e(model, tokens, HOOK, cfg, tmp_path / "b", META, train, 1.0)
+    assert not (tmp_path / "b" / "cfg.json").exists()
+    resumed = load_sae(train_e2e(model, tokens, HOOK, cfg, tmp_path / "b", META, train, 1.0))
+    assert calls[:7] == list(range(7)) and calls[7:] == list(range(6, 10))  # resumed at 6
+    assert torch.equal(whole.W_dec, resumed.W_dec) and torch.equal(whole.b_enc, resumed.b_enc)
+
+
+def test_cli_trains_e2e_on_a_store(tiny_store, tmp_path):
+    from trainers.saelens_format import read_meta
+
+    out = tmp_path / "e2e"
+    main(tyro.cli(Args, args=["--out", str(out), "--store", str(tiny_store), "--loss",
+                              "e2e+ds", "--tokens", "62", "--batch-size", "31", "--k", "2",
+                              "--width", "16", "--no-progress"]))
+    run = read_meta(out)["run"]
+    assert run["loss"] == "e2e+ds" and run["steps"] == 2 and run["tokens_trained"] == 62
+    assert run["final"]["kl"] > 0 and run["final"]["ds_fvu"] > 0
+    assert load_sae(out).W_dec.shape == (16, 32)
