@@ -174,7 +174,12 @@ def _notes(cfg: IOIPrincipledConfig, metrics: dict[str, float]) -> dict[str, str
         notes["warning"] = (f"mean-ablating the {cfg.site} position at this hook keeps "
                             f"{metrics['approx_mean_ablated_frac']:.2f} of the logit difference:"
                             " it carries little of the task here, so approximation fractions "
-                            "near 1 mean little")
+                            "near 1 mean little (try another --ioi-principled.site)")
+    if metrics["control_patch_cf_score"] < 0.5:
+        notes["control_warning"] = (
+            "patching the whole counterfactual activation at this site moves only "
+            f"{metrics['control_patch_cf_score']:.2f} of the way to the counterfactual output:"
+            " no edit here can do better, so control scores are bounded by it")
     return notes
 
 

@@ -28,7 +28,7 @@ class IOIPrincipledConfig:
     n_names: int = 16
     """Names used (the first this many single-token names of the IOI task, sorted): fewer
     names give each name value more prompts, so its mean vector is better estimated."""
-    budgets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    budgets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     """Numbers of SAE latents the sparse-control edit may change."""
     n_kept_per_value: int = 1
     """Task-relevant latents kept per attribute value (its top-F1 latents) in the
