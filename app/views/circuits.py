@@ -29,6 +29,24 @@ def _on_select() -> None:
         _open(*hit)
 
 
+def _roles(name: str) -> list[str] | None:
+    """Role names of a `--by-template --per-position` circuit, whose node `pos` is a role
+    index (saebench.circuits.positional); None for other circuits."""
+    import json
+
+    path = common.workspace() / "circuits" / f"{name}.roles.json"
+    return json.loads(path.read_text())["roles"] if path.is_file() else None
+
+
+def _with_roles(rec: dict, roles: list[str]) -> dict:
+    """The record with each node's and edge end's `pos` replaced by its role name, so the
+    graph's hover reads `latent @ role` (its keys stay consistent: every end is renamed)."""
+    for n in [*rec["nodes"], *(e[s] for e in rec["edges"] for s in ("up", "down"))]:
+        if n["pos"] is not None:
+            n["pos"] = roles[n["pos"]]
+    return rec
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -47,6 +65,9 @@ with Catalog(ws) as db:
     name = st.selectbox("Circuit", names, key="circuit")
     sweep, node_rows = db.circuit_sweep(name), db.circuit_nodes(name)
     rec = from_catalog(sweep, node_rows, db.circuit_edges(name))
+    roles = _roles(name)
+    if roles:
+        rec = _with_roles(rec, roles)
     current = {sae: db.labels(sae, [n["latent"] for n in node_rows if n["sae"] == sae])
                for sae in {n["sae"] for n in node_rows}}
 
@@ -73,13 +94,16 @@ st.plotly_chart(circuit_figure(rec), on_select=_on_select, selection_mode="point
 
 st.subheader("Nodes")
 for i, n in enumerate(node_rows[:MAX_LISTED]):
-    where = n["hook"] + ("" if n["pos"] is None else f" @ {n['pos']}")
+    role = None if n["pos"] is None or not roles else roles[n["pos"]]
+    where = n["hook"] + ("" if n["pos"] is None or role else f" @ {n['pos']}")
     if n["is_error"]:
-        st.write(f"{where} · error node · effect {n['effect']:+.3g} (no feature page)")
+        err = "error" + (f"@{role}" if role else "")
+        st.write(f"{where} · {err} node · effect {n['effect']:+.3g} (no feature page)")
         continue
     label = current[n["sae"]].get(n["latent"]) or n["label"] or ""
     tokens = " ".join(repr(charts._show(t)) for t in n["top_tokens"] or [])
-    text = (f"{n['sae']} #{n['latent']} · {where} · effect {n['effect']:+.3g}"
+    latent = f"#{n['latent']}" + (f"@{role}" if role else "")
+    text = (f"{n['sae']} {latent} · {where} · effect {n['effect']:+.3g}"
             + (f" · {label}" if label else "") + (f" · promotes {tokens}" if tokens else ""))
     if n["sae"] in local:
         st.button(text, key=f"cn_{i}", on_click=_open, args=(n["sae"], n["latent"]))

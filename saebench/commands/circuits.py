@@ -156,8 +156,9 @@ def _by_template(args: Args, task, sset, model) -> None:
     output.write(out, rec)
     output.write_catalog(rec, ws, Path(out).stem)
     # Role names beside the catalog rows, whose `pos` is the role index (app/views/circuits.py).
-    output.write(ws / output.CIRCUITS_DIR / f"{Path(out).stem}.roles.json",
-                 {"roles": extra["roles"]})
+    if args.per_position:
+        output.write(ws / output.CIRCUITS_DIR / f"{Path(out).stem}.roles.json",
+                     {"roles": extra["roles"]})
     refresh(ws)
     _print(rec, out)
 
