@@ -152,28 +152,52 @@ def test_ioi_templates_align():
         assert (batch.clean[:, roles.index("S2")] != batch.corrupt[:, roles.index("S2")]).all()
 
 
-def test_cli_writes_per_position_nodes_edges_and_roles(planted, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(TASKS, PlantedKey.name, PlantedKey())
-    folders = [str(_write_sae(tmp_path / "saes" / f"s{i}", h, seed=i))
-               for i, h in enumerate(HOOKS)]
-    out = tmp_path / "c.json"
+@pytest.fixture(scope="module")
+def cli_run(planted, tmp_path_factory):
+    """(workspace, record) of `saebench circuits --by-template --per-position` on the plant's
+    task with random SAEs at two hooks (so there are edges)."""
+    ws = tmp_path_factory.mktemp("cli")
+    folders = [str(_write_sae(ws / "saes" / f"s{i}", h, seed=i)) for i, h in enumerate(HOOKS)]
+    out = ws / "c.json"
     args = ["circuits", "--saes", *folders, "--task", PlantedKey.name, "--no-check-task",
             "--by-template", "--per-position", "--thresholds", "0.05", "--edge-pairs", "4",
             "--node-threshold", "0", "--edge-threshold", "0", "--out", str(out)]
-    assert cli(args) == 0
-    rec = json.loads(out.read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(TASKS, PlantedKey.name, PlantedKey())
+        assert cli(args) == 0
+    return ws, json.loads(out.read_text())
+
+
+def test_cli_writes_per_position_nodes_edges_and_roles(cli_run, capsys):
+    ws, rec = cli_run
     assert rec["node_kind"] == "role" and rec["nodes"] and rec["edges"]
     assert all(n["role"] == rec["roles"][n["pos"]] for n in rec["nodes"])
     # Only the end varies within a template: every node and edge with an effect is there.
     assert {n["role"] for n in rec["nodes"] if abs(n["effect"]) > 1e-6} == {"end"}
     assert {e[s]["role"] for e in rec["edges"] for s in ("up", "down")
             if abs(e["weight"]) > 1e-6} == {"end"}
-    sidecar = tmp_path / "circuits" / "c.roles.json"  # beside the catalog rows
+    sidecar = ws / "circuits" / "c.roles.json"  # beside the catalog rows
     assert json.loads(sidecar.read_text())["roles"] == rec["roles"]
     capsys.readouterr()
-    assert cli(["circuits", "--saes", folders[0], "--task", "sva", "--by-template",
-                "--no-check-task"]) == 2
+    assert cli(["circuits", "--saes", str(ws / "saes" / "s0"), "--task", "sva",
+                "--by-template", "--no-check-task"]) == 2
     assert "no templates" in capsys.readouterr().err
+
+
+def test_circuits_page_names_nodes_latent_at_role(cli_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    ws, rec = cli_run
+    monkeypatch.setenv("SAEBENCH_WORKSPACE", str(ws))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"),
+                           default_timeout=60)
+    at.run()
+    at.switch_page("views/circuits.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    links = [b.label for b in at.button if b.key and b.key.startswith("cn_")]
+    assert links and all("@" in lab for lab in links)
+    top = max((n for n in rec["nodes"] if n["latent"] != "error"), key=lambda n: abs(n["effect"]))
+    assert links[0].startswith(f"{top['sae']} #{top['latent']}@{top['role']} ")
 
 
 def test_untemplated_task_is_a_user_error():
