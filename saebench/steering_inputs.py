@@ -29,13 +29,25 @@ ENCODE_BATCH = 1024
 
 
 def index_max_acts(folder: Path) -> tuple[Float[Tensor, " d_sae"], str] | None:
-    """Every latent's max activation from the SAE's feature index, or None without one."""
+    """Every latent's max activation from the SAE's feature index, or None without one or
+    when the index was built from other weights (the SAE retrained since: stale units)."""
+    import hashlib
+    import json
+
     import pyarrow.parquet as pq
 
-    from saebench.index.schema import FEATURES_FILE, INDEX_DIR
+    from saebench.index.schema import DONE_FILE, FEATURES_FILE, INDEX_DIR
 
     path = Path(folder) / INDEX_DIR / FEATURES_FILE
     if not path.is_file():
+        return None
+    try:  # the same digest saebench/index/build.py fingerprint records
+        built_from = json.loads((path.parent / DONE_FILE).read_text())["fingerprint"]["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        built_from = None
+    weights = Path(folder) / "sae_weights.safetensors"
+    if built_from and weights.is_file() and \
+            hashlib.sha256(weights.read_bytes()).hexdigest()[:16] != built_from:
         return None
     table = pq.read_table(path, columns=["latent", "max_act", "tokens_seen"])
     out = torch.zeros(table.num_rows)

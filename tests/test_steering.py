@@ -181,6 +181,26 @@ def test_sae_handle_steer_uses_the_index_units(sae_folder):
     assert r2.max_act_source == "given" and r2.loss is None  # no store recorded, no text
 
 
+def test_an_index_of_other_weights_gives_no_units(sae_folder, tmp_path):
+    """The index records the digest of the weights it was built from (index.json); units
+    from an index of other weights (the SAE retrained since) would be stale."""
+    import hashlib
+    import json
+    import shutil
+
+    from saebench.index.schema import DONE_FILE, INDEX_DIR
+    from saebench.steering_inputs import index_max_acts
+
+    folder = tmp_path / "copy"
+    shutil.copytree(sae_folder, folder)
+    digest = hashlib.sha256((folder / "sae_weights.safetensors").read_bytes()).hexdigest()[:16]
+    done = folder / INDEX_DIR / DONE_FILE
+    done.write_text(json.dumps({"fingerprint": {"weights": digest}}))
+    assert index_max_acts(folder)[0][3] == 2.5
+    done.write_text(json.dumps({"fingerprint": {"weights": "0" * 16}}))
+    assert index_max_acts(folder) is None
+
+
 def test_units_estimated_from_the_store(model):
     sae = _coder("topk")
     store = model_store(model, n_seq=4, ctx=12)
