@@ -4,7 +4,9 @@
 latent to `saes/<name>/features/explanations.parquet` (catalog view `explanations`: sae,
 latent, explanation, explainer 'token-pattern' or 'llm:<model>', score, fires; see
 saebench/evals/autointerp.py). Each run rewrites that file, so a latent has at most one.
-Pages pass the Catalog they already hold, so this costs one query and no new connection.
+The feature page reads the few latents it shows here, from each SAE's file cached per version
+(app/index_reader.py), as plain dicts its card exports; saebench/explanations.py reads many
+at once through SQL, as `Explanation` records, for search, the map and the blind test.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import pyarrow.compute as pc
 
 from app import index_reader
 from app.data import Catalog
+from store.catalog import VIEWS
 
-FILE = "features/explanations.parquet"  # under saes/<name>/: the catalog view's glob
+# Under saes/<name>/: the catalog view's own glob, so the two never disagree.
+FILE = VIEWS["explanations"].removeprefix("saes/*/")
 
 
 def read(db: Catalog, wanted: dict[str, list[int]]) -> dict[tuple, dict]:
