@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 APPROX = ("approx_sae_frac", "approx_supervised_frac", "approx_interpretable_frac",
-          "approx_mean_ablated_frac", "approx_n_kept_latents", "end_fvu_sae", "end_l0")
+          "approx_mean_ablated_frac", "approx_n_kept_latents", "site_fvu_sae", "site_l0")
 INTERP = ("interp_io_f1", "interp_s_f1", "interp_pos_f1", "interp_io_precision",
           "interp_io_recall")
 
@@ -22,6 +22,9 @@ def _fmt(v) -> str:
 def main(folders: list[str]) -> None:
     rows = [(Path(f).name, json.loads((Path(f) / "evals" / "ioi_principled.json").read_text()))
             for f in folders]
+    for _, doc in rows:  # results written before site_* was called end_*
+        m = doc["metrics"]
+        m |= {"site" + k[3:]: v for k, v in list(m.items()) if k.startswith("end_")}
     m0 = rows[0][1]["metrics"]
     print(f"clean logit diff {m0['clean_logit_diff']:.3g} (accuracy {m0['clean_accuracy']:.2f}),"
           f" counterfactual: new IO − S {m0['cf_logit_diff']:.3g}, success {m0['cf_success']:.2f}")

@@ -147,7 +147,7 @@ def test_evaluate_gives_the_known_answers_on_planted_data():
     # then a tie between the old and the new name, decided by rounding: not asserted)
     assert m["control_sae_1_score"] == pytest.approx(0.5, abs=1e-5)
     assert m["control_sae_1_latents"] == 1.0 and m["control_sae_2_latents"] == 2.0
-    assert m["interp_mean_f1"] == pytest.approx(1.0) and m["end_fvu_sae"] < 1e-8
+    assert m["interp_mean_f1"] == pytest.approx(1.0) and m["site_fvu_sae"] < 1e-8
 
 
 def test_output_schema():

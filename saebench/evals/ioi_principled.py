@@ -83,13 +83,13 @@ def evaluate(
     edited, used = sparse_edits(x, x_cf, codes, codes_cf, sae.W_dec.detach().cpu(), cfg.budgets)
     budgets = sorted(cfg.budgets)
     x_sae = decode(sae, codes)
-    ends: dict[str, Tensor | None] = {
+    news: dict[str, Tensor | None] = {
         "clean": None, "sae": x_sae, "supervised": dictionary.reconstruct(test.labels),
         "interpretable": decode(sae, kept_codes), "mean_ablated": dictionary.mean.expand_as(x),
         "patch_cf": x_cf, "edit_supervised": dictionary.edit(x, "io", test.labels["io"],
                                                               test.cf_io),
     } | {f"edit_sae_{b}": edited[i] for i, b in enumerate(budgets)}
-    logits = runner(ends)
+    logits = runner(news)
     metrics = _task_metrics(logits["clean"], cf_logits)
     ld_clean = metrics["clean_logit_diff"]
     if not ld_clean > 0:  # the model does not do the task: no fraction of it means anything
@@ -97,9 +97,9 @@ def evaluate(
             "skipped": f"the model's mean clean IOI logit difference is {ld_clean:.3g} <= 0"})
     for name in ("sae", "supervised", "interpretable", "mean_ablated"):
         metrics[f"approx_{name}_frac"] = float(_ld(logits[name]).mean()) / ld_clean
-    metrics |= {"approx_n_kept_latents": float(len(kept)), "end_fvu_sae": fvu(x, x_sae),
-                "end_fvu_supervised": fvu(x, ends["supervised"]),
-                "end_l0": float((codes > 0).float().sum(1).mean())}
+    metrics |= {"approx_n_kept_latents": float(len(kept)), "site_fvu_sae": fvu(x, x_sae),
+                "site_fvu_supervised": fvu(x, news["supervised"]),
+                "site_l0": float((codes > 0).float().sum(1).mean())}
     m_clean, m_cf = _m(logits["clean"]), _m(cf_logits)
     control = {"patch_cf": "patch_cf", "supervised": "edit_supervised"}
     control |= {f"sae_{b}": f"edit_sae_{b}" for b in budgets}
@@ -221,7 +221,7 @@ def run(ctx: EvalContext, cfg: IOIPrincipledConfig) -> EvalResult:
 
 def saebench_output(result: EvalResult, cfg: IOIPrincipledConfig) -> tuple[str, dict, list]:
     """SAEBench-schema mapping: metrics grouped by axis, one detail record per value."""
-    groups = {"task": ("clean_", "cf_"), "approximation": ("approx_", "end_"),
+    groups = {"task": ("clean_", "cf_"), "approximation": ("approx_", "site_"),
               "control": ("control_",), "interpretability": ("interp_",)}
     metrics = {g: {k: v for k, v in result.metrics.items() if k.startswith(p)}
                for g, p in groups.items()}
