@@ -56,6 +56,20 @@ def _table(rows: list[dict], key: str) -> str:
         for i, r in enumerate(rows))
 
 
+def _optimised(model, hook, task, a, prompts, cfg) -> dict:
+    """DAS-style direction fitted on --das-pairs pairs of another seed, checked on the test set."""
+    from saebench.illusion_das import optimise_direction
+
+    t = time.perf_counter()
+    train = task_prompts(task, task.batch(model.tokenizer, a.das_pairs, a.seed + 1))
+    d_mlp = model.blocks[int(hook.split(".")[1])].mlp.W_out.shape[0]
+    u = optimise_direction(model, hook, train, d_mlp, steps=a.das_steps, lr=a.das_lr,
+                           seed=a.seed, progress=True)
+    print(f"optimised direction: {a.das_steps} Adam steps (lr {a.das_lr}) on {a.das_pairs} "
+          f"pairs in {time.perf_counter() - t:.1f} s")
+    return check_directions(model, hook, u[None], prompts, cfg)
+
+
 def _machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
@@ -74,6 +88,10 @@ def main() -> None:
     p.add_argument("--random", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--das-steps", type=int, default=30, help="0: no optimised direction")
+    p.add_argument("--das-pairs", type=int, default=16)
+    p.add_argument("--das-lr", type=float, default=0.05)
+    p.add_argument("--no-latents", action="store_true", help="only the optimised direction")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     print(f"machine: {_machine()}")
@@ -89,21 +107,23 @@ def main() -> None:
     print(f"{hook}: W_out {tuple(W.shape)}, singular values "
           f"max {sv[0]:.3f} min {sv[-1]:.4f} (ratio {sv[-1] / sv[0]:.2e})")
     prompts, cfg = task_prompts(task, batch), IllusionConfig()
-    start = time.perf_counter()
-    latents = top_latents(model, sae, hook, batch.clean, batch.pos, a.top)
-    res = {"latents": check_latents(model, sae, hook, latents, prompts, cfg, progress=True)}
-    t_latents = time.perf_counter() - start
-    gen = torch.Generator().manual_seed(a.seed)
-    rand = torch.randn(a.random, sae.d_in, generator=gen)
-    res["random"] = check_directions(model, hook, rand, prompts, cfg)
-    res["mean_difference"] = check_directions(model, hook, _mean_difference(model, hook, batch),
-                                              prompts, cfg)
-    print(f"\nrow-space rank {res['latents']['row_rank']} of d_mlp {res['latents']['d_mlp']}; "
-          f"{len(latents)} latents checked in {t_latents:.1f} s ({3 * len(latents)} patches "
-          f"of {a.n} pairs); total {time.perf_counter() - start:.1f} s\n")
-    print(_table(res["latents"]["rows"], "latent"))
-    for name in ("random", "mean_difference"):
+    start, res = time.perf_counter(), {}
+    if not a.no_latents:
+        latents = top_latents(model, sae, hook, batch.clean, batch.pos, a.top)
+        res["latents"] = check_latents(model, sae, hook, latents, prompts, cfg, progress=True)
+        print(f"{len(latents)} latents checked in {time.perf_counter() - start:.1f} s "
+              f"({3 * len(latents)} patches of {a.n} pairs)")
+        print(_table(res["latents"]["rows"], "latent"))
+        gen = torch.Generator().manual_seed(a.seed)
+        rand = torch.randn(a.random, sae.d_in, generator=gen)
+        res["random"] = check_directions(model, hook, rand, prompts, cfg)
+        diff = _mean_difference(model, hook, batch)
+        res["mean_difference"] = check_directions(model, hook, diff, prompts, cfg)
+    if a.das_steps:
+        res["optimised"] = _optimised(model, hook, task, a, prompts, cfg)
+    for name in res.keys() - {"latents"}:
         print(f"\n{name}:\n{_table(res[name]['rows'], 'direction')}")
+    print(f"\ntotal {time.perf_counter() - start:.1f} s")
     for name, r in res.items():
         print(f"\nsummary {name}: {json.dumps(summary(r['rows']))}")
     if a.json:

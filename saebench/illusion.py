@@ -156,6 +156,7 @@ def _logits_at(model, tokens: Tensor, pos: Tensor, hooks: list) -> Tensor:
 
 def _chunk_effects(
     model, hook: str, units: Tensor, prompts: Prompts, idx: Tensor, cfg: IllusionConfig,
+    tick: Callable[[int], object],
 ) -> tuple[Tensor, float, float]:
     """(Σ over the chunk's pairs of metric change per direction, Σ clean, Σ source metric)."""
     device = units.device
@@ -181,6 +182,7 @@ def _chunk_effects(
 
         out = prompts.metric(_logits_at(model, clean, pos, [(hook, patch)]), idx)
         sums[i] = (out.double().cpu() - base).sum()
+        tick(len(idx))
     return sums, float(base.sum()), float(src.double().sum())
 
 
@@ -201,10 +203,9 @@ def patch_effects(
               disable=not progress) as bar:
         for start in range(0, n, cfg.batch_size):
             idx = torch.arange(start, min(n, start + cfg.batch_size))
-            sums, base, src = _chunk_effects(model, hook, units, prompts, idx, cfg)
+            sums, base, src = _chunk_effects(model, hook, units, prompts, idx, cfg, bar.update)
             total += sums
             clean_sum, src_sum = clean_sum + base, src_sum + src
-            bar.update(len(idx) * len(units))
     return (total / n).float(), clean_sum / n, src_sum / n
 
 

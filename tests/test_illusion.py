@@ -131,7 +131,7 @@ def test_command_writes_the_split_per_latent(tmp_path, one_thread):
 
     sae = _write_sae(tmp_path / "saes" / "mlp", "blocks.1.mlp.hook_post", d_in=64)
     out = tmp_path / "ill.json"
-    argv = ["illusion", "--sae", str(sae), "--n", "4", "--device", "cpu", "--out", str(out)]
+    argv = ["illusion", "--sae", str(sae), "--n", "2", "--device", "cpu", "--out", str(out)]
     assert main([*argv, "--latents", "3,5"]) == 0
     rec = json.loads(out.read_text())
     assert [r["latent"] for r in rec["rows"]] == [3, 5]
@@ -180,3 +180,16 @@ def test_circuit_option_checks_the_top_mlp_nodes(tmp_path, one_thread):
         mlp_hooks(["blocks.0.hook_resid_post"])
     with pytest.raises(UserError, match="positive"):
         mlp_hooks(["blocks.1.mlp.hook_post"], top=0)
+
+
+def test_an_optimised_direction_finds_the_planted_illusion():
+    from saebench.illusion_das import optimise_direction
+
+    model, prompts = planted_model(), planted_prompts()
+    u = optimise_direction(model, HOOK, prompts, d=4, steps=15, lr=0.3, seed=0)
+    rec = check_directions(model, HOOK, u[None], prompts)
+    row = rec["rows"][0]
+    # The best 1-d patch beats the true feature (−4) by recruiting the dormant unit.
+    assert row["effect_full"] < -4.2
+    assert abs(u[1]) > 0.3 and abs(u[0]) > 0.3  # dormant and disconnected units both used
+    assert row["share_needing_null"] > 0.15  # 0.22 measured; the row part alone falls short
