@@ -142,9 +142,13 @@ def test_gradient_pursuit_finds_a_planted_sparse_code():
     k = torch.full((100,), 3)
     x_hat = gradient_pursuit(x + b, W, b, k, steps=30, nonneg=True)
     assert float(_sq(x + b, x_hat).sum() / x.pow(2).sum()) < 1e-4
-    # with no atoms allowed, the reconstruction is the bias alone
+    # with no atoms allowed, the reconstruction is the bias alone, also beside other tokens
     none = gradient_pursuit(x + b, W, b, torch.zeros(100, dtype=torch.long), 5, True)
     assert torch.allclose(none, b.expand_as(none))
+    k[:10] = 0
+    mixed = gradient_pursuit(x + b, W, b, k, steps=30, nonneg=True)
+    assert torch.allclose(mixed[:10], b.expand(10, -1))
+    assert float(_sq(x[10:] + b, mixed[10:]).sum() / x[10:].pow(2).sum()) < 1e-4
 
 
 def test_eval_pursuit_removes_a_shrinkage_error_and_never_adds_error():

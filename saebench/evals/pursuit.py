@@ -66,11 +66,25 @@ def refit(
 ) -> Float[Tensor, "tokens d_in"]:
     """x̂ after `steps` monotone gradient steps on the SAE's own support, from its codes."""
     idx, vals, mask = support_of(codes)
-    D, x_c = W_dec[idx], x - b_dec
-    vals = vals * mask
-    for _ in range(steps):
-        vals = _step(x_c, D, vals, mask, nonneg)
-    return _decode(vals, D) + b_dec
+    return _polish(x - b_dec, W_dec, idx, vals * mask, mask.to(x.dtype), steps, nonneg) + b_dec
+
+
+def _polish(
+    x_c: Tensor, W_dec: Tensor, idx: Tensor, vals: Tensor, mask: Tensor, steps: int,
+    nonneg: bool, chunk: int = 256,
+) -> Tensor:
+    """`steps` monotone steps on fixed supports; the decoded x̂ − b_dec. In token chunks, each
+    trimmed to its own largest support: [tokens, t, d_in] gathers of a batch-coupled SAE's
+    rare L0-150 token would otherwise cost a gigabyte."""
+    out = torch.empty_like(x_c)
+    for lo in range(0, x_c.shape[0], chunk):
+        sl = slice(lo, lo + chunk)
+        width = max(int(mask[sl].sum(1).max()), 1)  # supports are left-aligned
+        D, v, m = W_dec[idx[sl, :width]], vals[sl, :width], mask[sl, :width]
+        for _ in range(steps):
+            v = _step(x_c[sl], D, v, m, nonneg)
+        out[sl] = _decode(v, D)
+    return out
 
 
 @torch.no_grad()
@@ -89,17 +103,20 @@ def gradient_pursuit(
     idx = torch.zeros(n, k_max, dtype=torch.long, device=x.device)
     vals = torch.zeros(n, k_max, dtype=x.dtype, device=x.device)
     mask = torch.zeros(n, k_max, dtype=x.dtype, device=x.device)
-    r = x_c
+    r = x_c.clone()
     for t in range(k_max):
-        score = r @ unit.T
+        # only tokens still short of their k: a batch-coupled SAE's few high-L0 tokens must
+        # not make every token pay for k_max full-dictionary correlations
+        act = (k > t).nonzero().squeeze(1)
+        score = r[act] @ unit.T
         score = score if nonneg else score.abs()
-        score.scatter_(1, idx[:, :t], float("-inf"))  # distinct atoms
-        idx[:, t] = score.argmax(1)
-        mask[:, t] = (k > t).to(x.dtype)
-        D = W_dec[idx[:, : t + 1]]
-        vals[:, : t + 1] = _step(x_c, D, vals[:, : t + 1], mask[:, : t + 1], nonneg)
-        r = x_c - _decode(vals[:, : t + 1], D)
-    D = W_dec[idx]
-    for _ in range(steps):
-        vals = _step(x_c, D, vals, mask, nonneg)
-    return _decode(vals, D) + b_dec
+        score.scatter_(1, idx[act, :t], float("-inf"))  # distinct atoms
+        idx[act, t] = score.argmax(1)
+        mask[act, t] = 1
+        D = W_dec[idx[act, : t + 1]]
+        v = _step(x_c[act], D, vals[act, : t + 1], mask[act, : t + 1], nonneg)
+        vals[act, : t + 1] = v
+        r[act] = x_c[act] - _decode(v, D)
+    if k_max == 0:
+        return b_dec.expand_as(x).clone()
+    return _polish(x_c, W_dec, idx, vals, mask, steps, nonneg) + b_dec
