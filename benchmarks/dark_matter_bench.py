@@ -27,6 +27,8 @@ COLUMNS = [("FVU", "fvu"), ("lin. share of ‖e‖²", "error_linear_share"),
            ("R² of ‖e‖", "error_norm_r2"), ("x: SAE", "x_share/sae"),
            ("x: lin. error", "x_share/linear_error"),
            ("x: nonlin. error", "x_share/nonlinear_error"),
+           ("subset: SAE FVU", "sae/fvu"), ("subset: SAE lin. share", "sae/error_linear_share"),
+           ("subset: gp lin. share", "gp/error_linear_share"),
            ("refit: error removed", "refit/error_removed"),
            ("gp: error removed", "gp/error_removed"),
            ("gp: nonlin. removed", "gp/nonlinear_removed"),
@@ -73,16 +75,15 @@ def figure(points: list[tuple[int, dict]], path: Path) -> None:
 
     w = [p[0] for p in points]
     ms = [p[1] for p in points]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5.2))
     a.plot(w, [m["fvu"] for m in ms], "k-o", label="total error (FVU)")
     a.plot(w, [m["x_share/linear_error"] for m in ms], "C0-o", label="linearly predictable")
     a.plot(w, [m["x_share/nonlinear_error"] for m in ms], "C3-o", label="nonlinear")
-    if all("gp/fvu" in m for m in ms):
-        a.plot(w, [m["gp/fvu"] for m in ms], "k--s", label="after gradient pursuit (subset)")
+    if all("gp/fvu" in m for m in ms):  # the pursuit sample is smaller: show both on it
+        a.plot(w, [m["sae/fvu"] for m in ms], "--s", color="grey", label="SAE, pursuit sample")
+        a.plot(w, [m["gp/fvu"] for m in ms], "k--s", label="gradient pursuit, pursuit sample")
     a.set(xscale="log", xlabel="d_sae (TopK, k=32)", ylabel="share of Var(x)",
           title="SAE error split by a linear map of x")
-    a.set_xticks(w, [str(x) for x in w])
-    a.legend(fontsize=8)
     b.plot(w, [m["error_linear_share"] for m in ms], "C0-o", label="linear share of ‖e‖²")
     b.plot(w, [m["error_norm_r2"] for m in ms], "C2-o", label="R² of ‖e‖ from x")
     if all("gp/nonlinear_removed" in m for m in ms):
@@ -91,8 +92,10 @@ def figure(points: list[tuple[int, dict]], path: Path) -> None:
         b.plot(w, [m["gp/linear_removed"] for m in ms], "C0--s",
                label="linear error removed by pursuit")
     b.set(xscale="log", xlabel="d_sae (TopK, k=32)", ylim=(0, 1), title="held-out shares")
-    b.set_xticks(w, [str(x) for x in w])
-    b.legend(fontsize=8)
+    for ax in (a, b):
+        ax.set_xticks(w, [str(x) for x in w])
+        ax.minorticks_off()
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.suptitle("Dark matter (Engels et al. 2024) on SmolLM2-135M blocks.15.hook_resid_post")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
