@@ -126,13 +126,63 @@ def today(model, sset, task, batch, attr: Attribution) -> dict:
     return {**out, "m_full": full, "m_empty": empty}
 
 
+KINDS = {"role": "per position, by template", "summed": "summed, by template",
+         "today": "summed, mixed templates (today)"}
+
+
+def report(jsonl: Path, figure: Path) -> None:
+    """The markdown table of a results file and its figure (faithfulness against top-N)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    print("| SAE | pairs | accuracy | " + " | ".join(KINDS.values())
+          + " | today / per position | seconds |")
+    print("|---|---|---|" + "---|" * len(KINDS) + "---|---|")
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
+    styles = {"role": "-", "summed": "--", "today": ":"}
+    for i, r in enumerate(rows):
+        cells = []
+        for kind in KINDS:
+            k = r.get(kind) or {}
+            n = k.get("nodes_for_80")
+            cells.append("–" if not k else f"not reached ({k['of']} nodes)" if n is None
+                         else f"{n} of {k['of']} (f {k['faithfulness']:.2f})")
+            tried = sorted((int(a), b) for a, b in k.get("tried", {}).items())
+            if tried:
+                ax.plot(*zip(*tried, strict=True), marker="o", ms=3, ls=styles[kind],
+                        color=f"C{i}", label=f"{r['sae']}, {KINDS[kind]}")
+        a, b = (r.get("today") or {}).get("nodes_for_80"), (r.get("role") or {}).get("nodes_for_80")
+        ratio = f"{a / b:.0f}×" if a and b else "–"
+        acc = f"{r['accuracy']:.2f}" if "accuracy" in r else "–"
+        print(f"| {r['sae']} | {r['n']} | {acc} | " + " | ".join(cells)
+              + f" | {ratio} | {r['seconds']:.0f} |")
+    ax.axhline(0.8, color="black", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.5, 1.5)
+    ax.set_xlabel("top-N nodes by |effect| kept (the rest mean-ablated)")
+    ax.set_ylabel("faithfulness")
+    ax.set_title("IOI on SmolLM2-135M, SAEs at blocks.15.hook_resid_post: per-position vs summed")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--saes", nargs="+", type=Path, required=True)
+    parser.add_argument("--saes", nargs="+", type=Path, default=[])
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--kinds", nargs="+", default=["role", "today", "summed"])
     parser.add_argument("--out", type=Path, default=Path("runs/sparse/sparse_bench.jsonl"))
+    parser.add_argument("--figure", type=Path, default=Path("benchmarks/figures/sparse_ioi.png"))
     args = parser.parse_args()
+    if not args.saes:  # no SAEs: the table and figure of what --out already holds
+        report(args.out, args.figure)
+        return
     torch.set_num_threads(1)
     task = get_task("ioi")
     model = None
