@@ -87,7 +87,8 @@ def e2e_loss(model, sae, tokens: Int[Tensor, "batch ctx"], start: int, ds_hooks:
     """(loss, detached parts, detached sparse codes) of one batch of windows."""
     clean_ds, spliced_ds = _Capture(ds_hooks), _Capture(ds_hooks)
     with torch.no_grad():
-        resid = model(tokens, stop_at_layer=start) if start > 0 else model.embed(tokens)
+        # stop_at_layer=0 runs the embeddings only (token and positional, as the hook sees).
+        resid = model(tokens, stop_at_layer=start)
         with model.hooks(fwd_hooks=clean_ds.hooks()):
             clean_logits = model(resid, start_at_layer=start)
     b, n, d = resid.shape
@@ -161,8 +162,7 @@ def train_e2e(
         init_from_saved(m.sae, init, scale)
     else:  # b_dec at the first batch's geometric median (Gao et al. 2024, App. A.1)
         with torch.no_grad():
-            first = model(windows[order.batch(0)].to(device), stop_at_layer=start_layer) \
-                if start_layer > 0 else model.embed(windows[order.batch(0)].to(device))
+            first = model(windows[order.batch(0)].to(device), stop_at_layer=start_layer)
             m.sae.b_dec.copy_(geometric_median(first[:, 1:].flatten(0, 1) * scale))
     t0 = time.perf_counter()
     run = (model, windows, order, start_layer, ds_hooks, scale, loss_cfg, n_steps,
