@@ -120,10 +120,14 @@ def unit(v: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
 
 def subspace_patch(
     h: Float[Tensor, "batch pos d"], h_src: Float[Tensor, "batch pos d"],
-    u: Float[Tensor, " d"], where: Float[Tensor, "batch pos"],
+    u: Float[Tensor, "*rows d"], where: Float[Tensor, "batch pos"],
 ) -> Float[Tensor, "batch pos d"]:
-    """1-d subspace patch (Makelov et al. §2.1): h + ((h_src − h)·u) u where `where` is 1."""
-    coef = ((h_src - h) @ u) * where
+    """1-d subspace patch (Makelov et al. §2.1): h + ((h_src − h)·u) u where `where` is 1.
+
+    `u` is one direction [d] for every row, or one per row [batch, d].
+    """
+    u = u if u.dim() == 1 else u[:, None, :]
+    coef = ((h_src - h) * u).sum(-1) * where
     return h + coef[..., None] * u
 
 
@@ -158,8 +162,12 @@ def _chunk_effects(
     model, hook: str, units: Tensor, prompts: Prompts, idx: Tensor, cfg: IllusionConfig,
     tick: Callable[[int], object],
 ) -> tuple[Tensor, float, float]:
-    """(Σ over the chunk's pairs of metric change per direction, Σ clean, Σ source metric)."""
-    device = units.device
+    """(Σ over the chunk's pairs of metric change per direction, Σ clean, Σ source metric).
+
+    Several directions share a forward (the pairs repeated once per direction) while the
+    rows fit in cfg.batch_size: on short prompts a forward's fixed cost dominates.
+    """
+    device, b = units.device, len(idx)
     pos = prompts.pos[idx].to(device)
     width = int(pos.max()) + 1
     clean = prompts.clean[idx, :width].to(device)
@@ -172,17 +180,21 @@ def _chunk_effects(
 
     src = prompts.metric(_logits_at(model, prompts.source[idx, :width].to(device), pos,
                                     [(hook, keep)]), idx)
-    where = where.to(saved["h"].dtype)
     base = prompts.metric(_logits_at(model, clean, pos, []), idx).double().cpu()
     sums = torch.zeros(len(units), dtype=torch.float64)
-    for i, u in enumerate(units):
+    group = max(1, cfg.batch_size // b)
+    for g in range(0, len(units), group):
+        u = units[g : g + group].repeat_interleave(b, dim=0)  # [directions × pairs, d]
+        reps = len(u) // b
+        h_src, w = saved["h"].repeat(reps, 1, 1), where.repeat(reps, 1).to(saved["h"].dtype)
 
-        def patch(act, hook, u=u):
-            return subspace_patch(act, saved["h"], u, where)
+        def patch(act, hook, u=u, h_src=h_src, w=w):
+            return subspace_patch(act, h_src, u, w)
 
-        out = prompts.metric(_logits_at(model, clean, pos, [(hook, patch)]), idx)
-        sums[i] = (out.double().cpu() - base).sum()
-        tick(len(idx))
+        out = prompts.metric(_logits_at(model, clean.repeat(reps, 1), pos.repeat(reps),
+                                        [(hook, patch)]), idx.repeat(reps))
+        sums[g : g + reps] = (out.double().cpu().view(reps, b) - base).sum(1)
+        tick(len(u))
     return sums, float(base.sum()), float(src.double().sum())
 
 

@@ -90,6 +90,17 @@ def test_mixed_direction_is_an_illusion_and_the_feature_is_not():
     json.dumps(rec)  # JSON-ready
 
 
+def test_grouped_directions_match_one_at_a_time():
+    from saebench.illusion import patch_effects
+
+    dirs = torch.stack([MIXED, FEATURE, torch.tensor([0.3, -1.0, 0.5, 2.0])])
+    model, prompts = planted_model(), planted_prompts(3)
+    one = patch_effects(model, HOOK, dirs, prompts, IllusionConfig(batch_size=1))
+    grouped = patch_effects(model, HOOK, dirs, prompts, IllusionConfig(batch_size=7))
+    assert torch.allclose(one[0], grouped[0], atol=1e-5) and one[1:] == grouped[1:]
+    assert one[0].abs().min() > 0.1  # every direction has an effect to compare
+
+
 def test_last_position_patch_and_share_edge_cases():
     cfg = IllusionConfig(positions="last")
     rec = check_directions(planted_model(), HOOK, FEATURE[None], planted_prompts(2), cfg)
@@ -139,8 +150,6 @@ def test_command_writes_the_split_per_latent(tmp_path, one_thread):
     assert rec["row_rank"] == 32 and rec["d_mlp"] == 64
     assert all(0.05 < r["null_share"] < 0.95 for r in rec["rows"])
     assert all(abs(r["effect_null"]) < 1e-4 for r in rec["rows"])  # null parts write nothing
-    assert main([*argv, "--top", "2"]) == 0  # latents picked by activation
-    assert len(json.loads(out.read_text())["rows"]) == 2
 
 
 def test_command_bad_input_is_one_line(tmp_path, capsys):
@@ -162,7 +171,7 @@ def test_command_bad_input_is_one_line(tmp_path, capsys):
 
 def test_circuit_option_checks_the_top_mlp_nodes(tmp_path, one_thread):
     from saebench.circuits.saes import load_set
-    from saebench.illusion_check import check_circuit, mlp_hooks
+    from saebench.illusion_check import check_circuit, mlp_hooks, top_latents
     from saebench.tasks import get_task
 
     mlp = _write_sae(tmp_path / "mlp", "blocks.1.mlp.hook_post", d_in=64)
@@ -173,6 +182,8 @@ def test_circuit_option_checks_the_top_mlp_nodes(tmp_path, one_thread):
     nodes = [{"hook": "blocks.1.mlp.hook_post", "latent": j, "effect": e}
              for j, e in [(7, 0.1), ("error", 9.0), (2, -0.5), (7, 0.2), (9, 0.01)]]
     nodes.append({"hook": "blocks.0.hook_resid_post", "latent": 1, "effect": 5.0})
+    top = top_latents(model, sset.saes[1], "blocks.1.mlp.hook_post", batch.clean, batch.pos, 3)
+    assert len(top) == 3 and len(set(top)) == 3  # the --top path of `saebench illusion`
     out = check_circuit(model, sset, task, batch, nodes, top=2)
     assert list(out) == ["blocks.1.mlp.hook_post"]  # the resid SAE is not an MLP hook
     assert [r["latent"] for r in out["blocks.1.mlp.hook_post"]["rows"]] == [2, 7]
