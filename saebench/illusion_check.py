@@ -141,23 +141,26 @@ def mlp_hooks(hooks: list[str], top: int = 1) -> list[str]:
     return found
 
 
-def check_circuit(model, sset, task, batch, nodes: list[dict], top: int,
+def check_circuit(model, sset, task, batch, effects: dict[str, Tensor], top: int,
                   cfg: IllusionConfig | None = None) -> dict:
-    """{hook: check} for the `top` circuit nodes by |effect| at each MLP hidden hook.
+    """{hook: check} for the `top` latents by |node effect| at each MLP hidden hook.
 
-    `nodes` are the circuit record's rows (saebench.circuits.output.nodes): per-position
-    nodes of one latent count once, and the error node has no direction, so it is skipped.
+    `effects` are a circuit's node effects (saebench.circuits.attribution.Attribution.effects:
+    [d_sae + 1] or, per position, [pos, d_sae + 1], the last column the error node, which has
+    no direction). Per-position effects are summed in absolute value per latent. The ranking
+    ignores the node threshold, so the check runs even when no MLP node made the circuit.
     """
     from saebench.illusion import task_prompts
 
     prompts = task_prompts(task, batch)
     out = {}
-    for hook in mlp_hooks(sset.hooks):
-        ranked = sorted((n for n in nodes if n["hook"] == hook and n["latent"] != "error"),
-                        key=lambda n: -abs(n["effect"]))
-        latents = list(dict.fromkeys(int(n["latent"]) for n in ranked))[:top]
+    for hook in mlp_hooks(sset.hooks, top):
+        sae = sset.saes[sset.hooks.index(hook)]
+        eff = effects[hook].abs()
+        eff = (eff if eff.dim() == 1 else eff.sum(0))[: sae.d_sae]
+        ranked = eff.topk(min(top, sae.d_sae))
+        latents = [int(i) for i, v in zip(ranked.indices, ranked.values, strict=True) if v > 0]
         if latents:
-            sae = sset.saes[sset.hooks.index(hook)]
             out[hook] = check_latents(model, sae, hook, latents, prompts, cfg, progress=True)
             out[hook]["summary"] = summary(out[hook]["rows"])
     return out

@@ -179,12 +179,15 @@ def test_circuit_option_checks_the_top_mlp_nodes(tmp_path, one_thread):
     sset, model = load_set([resid, mlp])
     task = get_task("ioi")
     batch = task.batch(model.tokenizer, 4, 0)
-    nodes = [{"hook": "blocks.1.mlp.hook_post", "latent": j, "effect": e}
-             for j, e in [(7, 0.1), ("error", 9.0), (2, -0.5), (7, 0.2), (9, 0.01)]]
-    nodes.append({"hook": "blocks.0.hook_resid_post", "latent": 1, "effect": 5.0})
+    effects = {"blocks.0.hook_resid_post": torch.full((17,), 5.0),
+               "blocks.1.mlp.hook_post": torch.zeros(3, 17)}
+    effects["blocks.1.mlp.hook_post"][:, 16] = 9.0  # the error node is never checked
+    effects["blocks.1.mlp.hook_post"][0, 7], effects["blocks.1.mlp.hook_post"][2, 7] = 0.1, -0.2
+    effects["blocks.1.mlp.hook_post"][1, 2] = -0.5
+    effects["blocks.1.mlp.hook_post"][1, 9] = 0.01
     top = top_latents(model, sset.saes[1], "blocks.1.mlp.hook_post", batch.clean, batch.pos, 3)
     assert len(top) == 3 and len(set(top)) == 3  # the --top path of `saebench illusion`
-    out = check_circuit(model, sset, task, batch, nodes, top=2)
+    out = check_circuit(model, sset, task, batch, effects, top=2)
     assert list(out) == ["blocks.1.mlp.hook_post"]  # the resid SAE is not an MLP hook
     assert [r["latent"] for r in out["blocks.1.mlp.hook_post"]["rows"]] == [2, 7]
     with pytest.raises(UserError, match="MLP hidden hook"):
