@@ -40,7 +40,12 @@ def latent_table(folder: Path, n_sharp: int, n_spread: int, min_fires: int) -> s
         shares.setdefault(r["latent"], []).append(r["share"])
     alive = [f for f in feats if feats[f]["fires"] >= min_fires]
     by_max = sorted(alive, key=lambda f: -max(shares[f]))
-    picks = by_max[:n_sharp] + by_max[-n_spread:]
+    # The most head-concentrated latent of each of the n_sharp heads that have the most
+    # concentrated latents, then the n_spread most evenly spread latents.
+    best: dict[int, int] = {}
+    for f in by_max:
+        best.setdefault(max(range(len(shares[f])), key=lambda h: shares[f][h]), f)
+    picks = list(best.values())[:n_sharp] + by_max[-n_spread:]
     lines = ["| latent | fires | top heads (share) | top tokens |", "|---|---|---|---|"]
     for f in picks:
         top = sorted(range(len(shares[f])), key=lambda h: -shares[f][h])[:3]
@@ -48,7 +53,13 @@ def latent_table(folder: Path, n_sharp: int, n_spread: int, min_fires: int) -> s
         toks = ", ".join(repr(vocab.get(t, t).replace("Ġ", " ").replace("Ċ", "\\n"))
                          for t in feats[f]["top_tokens"] or [])
         lines.append(f"| {f} | {feats[f]['fires']} | {heads} | {toks} |")
-    max_share = [max(shares[f]) for f in alive]
+    max_share = sorted(max(shares[f]) for f in alive)
+    q = {p: max_share[int(p / 100 * (len(max_share) - 1))] for p in (10, 50, 90)}
+    tops = [max(range(len(shares[f])), key=lambda h: shares[f][h]) for f in alive]
+    counts = ", ".join(f"H{h} {tops.count(h)}" for h in range(len(shares[alive[0]])))
+    lines.append(f"\nLargest head share per latent: p10 {q[10]:.3f}, p50 {q[50]:.3f}, "
+                 f"p90 {q[90]:.3f}, max {max_share[-1]:.3f} (uniform: "
+                 f"{1 / len(shares[alive[0]]):.3f}). Latents by their top head: {counts}.")
     single = sum(s > 0.5 for s in max_share)
     lines.append(f"\n{len(alive)} latents fire ≥ {min_fires} times; {single} of them "
                  f"({100 * single / max(len(alive), 1):.1f}%) put more than half of their "
