@@ -39,7 +39,7 @@ def test_head_shares_match_a_planted_decoder():
 def test_index_writes_head_attribution_for_hook_z_stores_only(tmp_path):
     import pyarrow.parquet as pq
 
-    from saebench.index.head_table import add_head_attribution
+    from saebench.index.head_table import add_head_attribution, backfill_head_attribution
 
     model = SimpleNamespace(cfg=SimpleNamespace(n_heads=4, d_head=3))
     W_dec = torch.randn(5, 12, generator=torch.Generator().manual_seed(0))
@@ -51,6 +51,11 @@ def test_index_writes_head_attribution_for_hook_z_stores_only(tmp_path):
                                                              (1, 0)]
     got = torch.tensor([r["share"] for r in rows]).reshape(5, 4)
     assert torch.allclose(got, head_shares(W_dec, 4)) and rows[0]["sae"] == "z"
+    # An index from before the table: filled in without redoing the passes; never rewritten.
+    table = folder / "index" / "head_attribution.parquet"
+    table.unlink()
+    assert "4 heads" in backfill_head_attribution(folder, sae, store, model, "cpu")
+    assert table.exists() and backfill_head_attribution(folder, sae, store, model, "cpu") == ""
     resid = SimpleNamespace(meta={"hook": "blocks.1.hook_resid_post"})
     assert add_head_attribution(tmp_path / "r", sae, resid, model, "cpu") == ""
     assert not (tmp_path / "r").exists()

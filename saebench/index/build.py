@@ -150,7 +150,10 @@ def build_index(
     fp = fingerprint(sae_dir, store, settings)
     index_dir = sae_dir / schema.INDEX_DIR
     if is_complete(index_dir, fp):
-        echo(f"{index_dir} is complete for these settings: nothing to do")
+        from saebench.index.head_table import backfill_head_attribution
+
+        note = backfill_head_attribution(sae_dir, sae, store, model, device)
+        echo(note or f"{index_dir} is complete for these settings: nothing to do")
         return index_dir
     state_path = index_dir / schema.STATE_FILE
     index_dir.mkdir(parents=True, exist_ok=True)

@@ -54,3 +54,16 @@ def add_head_attribution(sae_dir: Path, sae, store, model, device: str) -> str:
     write_head_attribution(Path(sae_dir) / schema.INDEX_DIR, Path(sae_dir).resolve().name,
                            head_shares(W_dec, n_heads))
     return f"head attribution: decoder-norm shares of {n_heads} heads per latent"
+
+
+def backfill_head_attribution(sae_dir: Path, sae, store, model, device: str) -> str:
+    """For an index completed before the table existed: write it if missing (weights only,
+    so no pass over the store is redone); '' when there is nothing to add."""
+    if (Path(sae_dir) / schema.INDEX_DIR / schema.HEADS_FILE).exists():
+        return ""
+    note = add_head_attribution(sae_dir, sae, store, model, device)
+    if note:
+        from store.catalog import refresh, workspace_of
+
+        refresh(workspace_of(sae_dir))
+    return note
