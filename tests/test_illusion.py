@@ -156,12 +156,14 @@ def test_command_bad_input_is_one_line(tmp_path, capsys):
     from saebench.cli import main
 
     resid = _write_sae(tmp_path / "resid", "blocks.0.hook_resid_post", d_in=32)
+    mlp = _write_sae(tmp_path / "mlp", "blocks.1.mlp.hook_post", d_in=64)
     out = tmp_path / "x.json"
     for argv, msg in [
         (["--sae", str(resid)], "MLP hidden hook"),
         (["--sae", str(tmp_path / "missing")], "no such directory"),
         (["--sae", str(resid), "--latents", "1,a"], "comma-separated integers"),
         (["--sae", str(resid), "--check.positions", "first"], "positions"),
+        (["--sae", str(mlp), "--latents", "99"], "out of range for d_sae 16"),
     ]:
         assert main(["illusion", *argv, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()

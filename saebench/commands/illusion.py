@@ -49,12 +49,18 @@ def parse_latents(text: str) -> list[int]:
     return latents
 
 
-def _hook_of(folder: Path) -> str:
+def _hook_of(folder: Path, latents: list[int]) -> str:
+    """The SAE's hook; bad hooks and latents fail here, before the model loads."""
     from saebench.circuits.saes import read_set
     from saebench.illusion import mlp_layer
+    from store.errors import UserError
+    from trainers.saelens_format import read_meta
 
     _, [(hook, _)] = read_set([folder])
-    mlp_layer(hook)  # an SAE at any other hook fails here, before the model loads
+    mlp_layer(hook)
+    d_sae = read_meta(folder)["cfg"]["d_sae"]
+    if any(i >= d_sae for i in latents):
+        raise UserError(f"latent {max(latents)} is out of range for d_sae {d_sae}")
     return hook
 
 
@@ -74,7 +80,7 @@ def main(args: Args) -> None:
     latents = parse_latents(args.latents)
     if args.n < 1 or args.top < 1:
         raise UserError(f"--n ({args.n}) and --top ({args.top}) must be positive")
-    hook = _hook_of(args.sae)
+    hook = _hook_of(args.sae, latents)
     task = get_task(args.prompts)  # an unknown task fails before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sset, model = load_set([args.sae], device=device)
