@@ -1,20 +1,23 @@
 """The subspace-patching illusion check (Makelov, Lange & Nanda 2023, arXiv 2311.17030).
 
 Patching a 1-d subspace of an MLP's hidden activations (`blocks.L.mlp.hook_post`, d_mlp wide)
-can change the output through a pathway the model never uses: the paper's §3 shows a
+can change the output through a pathway the model never uses: the paper's mathematical
+example (its "MLP-in-the-middle" illusion, realised on IOI in GPT-2 small) is a
 direction v = v_null + v_row, where v_null lies in the kernel of v ↦ v·W_out (the MLP cannot
 write it anywhere) but varies with the feature, and v_row is a *dormant* direction in W_out's
 row space that barely varies on the data. Patching along v copies the variation of v_null
 into v_row, and the output moves though neither part alone would move it. The paper's test
-(§3, §4) is to split v into these two components and patch each alone: an effect that
+is to split v into these two components and patch each alone: an effect that
 vanishes without v_null is the illusion's signature.
 
 Our choices, where the paper leaves them open: the row space is the span of W_out's left
 singular vectors whose singular value exceeds `rel_tol` times the largest (an SVD in float64);
 the patch copies the projection onto the unit direction from the corrupt prompt into the clean
-run (the paper's eq. for 1-d subspace patching, §2.1) at every real position of the prompt;
+run (the paper's 1-d subspace patch) at every real position of the prompt;
 an effect is the change of the mean task metric (e.g. the IOI logit difference) from the clean
 run; and the share that needs v_null is 1 − effect(row part) / effect(full direction).
+The paper's full text was not at hand when this was written (only its abstract and summary),
+so no section is cited and the exact test above is ours, following its argument.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ def subspace_patch(
     h: Float[Tensor, "batch pos d"], h_src: Float[Tensor, "batch pos d"],
     u: Float[Tensor, "*rows d"], where: Float[Tensor, "batch pos"],
 ) -> Float[Tensor, "batch pos d"]:
-    """1-d subspace patch (Makelov et al. §2.1): h + ((h_src − h)·u) u where `where` is 1.
+    """1-d subspace patch (Makelov et al. 2023): h + ((h_src − h)·u) u where `where` is 1.
 
     `u` is one direction [d] for every row, or one per row [batch, d].
     """

@@ -2,7 +2,7 @@
 
 The patching and the maths live in saebench.illusion; this module picks latents, runs the three
 patches per latent (the full direction, its row-space part, its null-space part) in one pass
-and turns them into JSON-ready rows. Makelov, Lange & Nanda 2023 (arXiv 2311.17030, §3) call a
+and turns them into JSON-ready rows. Makelov, Lange & Nanda 2023 (arXiv 2311.17030) call a
 large effect that vanishes once the null-space part is removed the interpretability illusion.
 """
 
@@ -30,7 +30,7 @@ part (our threshold: the paper shows the split, it sets no cut-off)."""
 def share_needing_null(full: float, row: float, floor: float) -> float | None:
     """1 − effect(row part) / effect(full): how much of the effect needs the null-space part.
 
-    Our definition (the paper compares the two effects side by side, §3): 0 when the row-space
+    Our definition (the paper compares the two effects side by side): 0 when the row-space
     part alone does everything, 1 when it does nothing; it can leave [0, 1] when the row part
     overshoots (> 1 when it acts against the full direction; < 0 when it does more than the
     full direction, as an inert null part dilutes a unit direction's row part by √(1 − null

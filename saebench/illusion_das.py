@@ -1,6 +1,6 @@
 """A patching direction found by optimisation, the setting where the illusion appears.
 
-Makelov, Lange & Nanda 2023 (arXiv 2311.17030, §3-4) find their illusory MLP directions with
+Makelov, Lange & Nanda 2023 (arXiv 2311.17030) find their illusory MLP directions with
 DAS-style optimisation (Geiger et al. 2023): gradient descent on a unit direction u so that
 patching the corrupt projection along u into the clean run moves the task metric as far as
 possible toward the corrupt run. Such a direction is free to combine a null-space direction

@@ -1,6 +1,6 @@
 """The subspace-patching illusion check on a hand-built model with a planted dormant pathway.
 
-One layer, attention off, a ReLU MLP whose hidden units are (Makelov et al. 2023, §3):
+One layer, attention off, a ReLU MLP whose hidden units are (Makelov et al. 2023's example):
   0 "disconnected": on for the clean token, off for the corrupt one; W_out row 0 is zero;
   1 "dormant": never on (no input weights), yet W_out row 1 writes strongly to the answer;
   2 "feature": on for the clean token; W_out row 2 writes to the answer (the true mechanism);
