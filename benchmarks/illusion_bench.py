@@ -123,6 +123,9 @@ def main() -> None:
         res["optimised"] = _optimised(model, hook, task, a, prompts, cfg)
     for name in res.keys() - {"latents"}:
         print(f"\n{name}:\n{_table(res[name]['rows'], 'direction')}")
+    first = next(iter(res.values()))
+    print(f"\nwhole-hook patch: {first['effect_layer']:.4f} (clean {first['clean_metric']:.3f}, "
+          f"corrupt {first['source_metric']:.3f})")
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     for name, r in res.items():
         print(f"\nsummary {name}: {json.dumps(summary(r['rows']))}")

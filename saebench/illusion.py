@@ -164,8 +164,9 @@ def _logits_at(model, tokens: Tensor, pos: Tensor, hooks: list) -> Tensor:
 def _chunk_effects(
     model, hook: str, units: Tensor, prompts: Prompts, idx: Tensor, cfg: IllusionConfig,
     tick: Callable[[int], object],
-) -> tuple[Tensor, float, float]:
-    """(Σ over the chunk's pairs of metric change per direction, Σ clean, Σ source metric).
+) -> tuple[Tensor, float, float, float]:
+    """(Σ over the chunk's pairs of metric change per direction, Σ clean metric, Σ source
+    metric, Σ metric change when the whole hook is patched).
 
     Several directions share a forward (the pairs repeated once per direction) while the
     rows fit in cfg.batch_size: on short prompts a forward's fixed cost dominates.
@@ -198,30 +199,39 @@ def _chunk_effects(
                                         [(hook, patch)]), idx.repeat(reps))
         sums[g : g + reps] = (out.double().cpu().view(reps, b) - base).sum(1)
         tick(len(u))
-    return sums, float(base.sum()), float(src.double().sum())
+
+    def patch_all(act, hook):
+        return act + (saved["h"] - act) * where.to(act.dtype)[..., None]
+
+    layer = prompts.metric(_logits_at(model, clean, pos, [(hook, patch_all)]), idx)
+    return (sums, float(base.sum()), float(src.double().sum()),
+            float((layer.double().cpu() - base).sum()))
 
 
 @torch.inference_mode()
 def patch_effects(
     model, hook: str, directions: Float[Tensor, "n d_mlp"], prompts: Prompts,
     cfg: IllusionConfig | None = None, progress: bool = False,
-) -> tuple[Float[Tensor, " n"], float, float]:
-    """(Δ mean metric when patching along each direction, mean clean, mean source metric)."""
+) -> tuple[Float[Tensor, " n"], float, float, float]:
+    """(Δ mean metric when patching along each direction, mean clean metric, mean source
+    metric, Δ mean metric when patching the whole hook: the paper's contrast, where a 1-d
+    patch that beats the whole MLP layer is the "MLP-in-the-middle" illusion)."""
     from tqdm.auto import tqdm
 
     cfg = cfg or IllusionConfig()
     device = next(model.parameters()).device
     units = unit(directions.float()).to(device)
-    total, clean_sum, src_sum = torch.zeros(len(units), dtype=torch.float64), 0.0, 0.0
+    total, sums = torch.zeros(len(units), dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
     n = len(prompts.pos)
     with tqdm(total=n * len(units), desc="illusion patches", unit="patch",
               disable=not progress) as bar:
         for start in range(0, n, cfg.batch_size):
             idx = torch.arange(start, min(n, start + cfg.batch_size))
-            sums, base, src = _chunk_effects(model, hook, units, prompts, idx, cfg, bar.update)
-            total += sums
-            clean_sum, src_sum = clean_sum + base, src_sum + src
-    return (total / n).float(), clean_sum / n, src_sum / n
+            per_dir, *rest = _chunk_effects(model, hook, units, prompts, idx, cfg, bar.update)
+            total += per_dir
+            sums += torch.tensor(rest, dtype=torch.float64)
+    clean, source, layer = (sums / n).tolist()
+    return (total / n).float(), clean, source, layer
 
 
 def task_prompts(task, batch) -> Prompts:

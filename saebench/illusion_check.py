@@ -54,7 +54,8 @@ def check_directions(
     basis = row_space(W, cfg.rel_tol)
     parts = split(directions.detach().cpu().float(), basis)
     stacked = torch.cat([directions.detach().cpu().float(), parts.row, parts.null])
-    effects, clean, source = patch_effects(model, hook, stacked, prompts, cfg, progress=progress)
+    effects, clean, source, layer = patch_effects(model, hook, stacked, prompts, cfg,
+                                                  progress=progress)
     full, row, null = effects.view(3, -1).tolist()
     gap = source - clean  # what patching the whole activation would do, at most (roughly)
     floor = cfg.min_effect * abs(gap)
@@ -66,7 +67,7 @@ def check_directions(
     ]
     return {"hook": hook, "d_mlp": int(W.shape[0]), "d_model": int(W.shape[1]),
             "row_rank": int(basis.shape[1]), "clean_metric": clean, "source_metric": source,
-            "rows": rows}
+            "effect_layer": layer, "rows": rows}
 
 
 @torch.inference_mode()

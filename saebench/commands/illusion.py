@@ -108,7 +108,8 @@ def _fmt(v: float | None) -> str:
 def _print(rec: dict, out: Path) -> None:
     print(f"{rec['hook']}: W_out row space rank {rec['row_rank']} of d_mlp {rec['d_mlp']}; "
           f"{rec['prompts']} metric clean {rec['clean_metric']:.3f}, corrupt "
-          f"{rec['source_metric']:.3f}")
+          f"{rec['source_metric']:.3f}; patching the whole hook moves it by "
+          f"{rec['effect_layer']:.3f} (a 1-d patch beyond that is suspect)")
     print(f"{'latent':>7} {'null_share':>10} {'full':>8} {'row':>8} {'null':>8} {'needs_null':>10}")
     for r in rec["rows"]:
         print(f"{r['latent']:>7} {r['null_share']:>10.3f} {r['effect_full']:>8.3f} "
