@@ -14,6 +14,7 @@ from saebench.evals.absorption_config import AbsorptionConfig
 from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.dark_matter_config import DarkMatterConfig
+from saebench.evals.ioi_principled_config import IOIPrincipledConfig
 from saebench.evals.mdl_config import MDLConfig
 from saebench.evals.meta_config import MetaStructureConfig
 from saebench.evals.scr_tpp_config import ScrConfig, TppConfig
@@ -57,6 +58,8 @@ class Args:
     """Settings of the targeted probe perturbation eval (multi-class sets, N latents)."""
     absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
     """Settings of the absorption eval (first-letter probes; --absorption.max-words subsamples)."""
+    ioi_principled: IOIPrincipledConfig = field(default_factory=IOIPrincipledConfig)
+    """Settings of the IOI supervised-dictionary eval (Makelov et al. 2024)."""
     dark_matter: DarkMatterConfig = field(default_factory=DarkMatterConfig)
     """Settings of the dark-matter eval (linear vs nonlinear SAE error; inference-time pursuit)."""
     workspace: Path | None = None

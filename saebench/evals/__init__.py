@@ -16,6 +16,7 @@ from saebench.evals.absorption_config import AbsorptionConfig
 from saebench.evals.autointerp_config import AutointerpConfig
 from saebench.evals.configs import CoreConfig
 from saebench.evals.dark_matter_config import DarkMatterConfig
+from saebench.evals.ioi_principled_config import IOIPrincipledConfig
 from saebench.evals.mdl_config import MDLConfig
 from saebench.evals.meta_config import MetaStructureConfig
 from saebench.evals.scr_tpp_config import ScrConfig, TppConfig
@@ -90,6 +91,11 @@ EVALS: dict[str, EvalSpec] = {
         config=DarkMatterConfig,
         module="saebench.evals.dark_matter",
         summary="share of the SAE error a linear map of x predicts; what pursuit removes",
+    ),
+    "ioi_principled": EvalSpec(
+        config=IOIPrincipledConfig,
+        module="saebench.evals.ioi_principled",
+        summary="IOI vs supervised dictionaries: approximation, sparse control, F1 (Makelov 2024)",
     ),
 }
 
