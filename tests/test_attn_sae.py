@@ -134,3 +134,24 @@ def test_feature_page_shows_head_attribution_for_a_hook_z_sae(tmp_path, monkeypa
     shares = np.array(spec["data"][0]["y"] if "y" in spec["data"][0] else spec["data"][0]["x"])
     assert np.allclose(sorted(shares)[-1], 1.0) and np.isclose(shares.sum(), 1.0)
     assert any("direct feature attribution" in e.label.lower() for e in at.expander)
+
+
+def test_logit_lens_of_hook_z_goes_through_W_O(one_thread):
+    """A hook_z decoder row's direct logit effect is row · W_O · W_U, with W_O's heads stacked
+    in hook_z's flattening order (head-major, as the store flattens [head, d_head])."""
+    from saebench.index.logit_lens import unembed_for
+    from store.models import load_model
+
+    model = load_model("random:tiny")
+    n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
+    meta = {"hook": "blocks.1.attn.hook_z", "model": "random:tiny"}
+    W, note = unembed_for(meta, n_heads * d_head, "cpu")
+    assert note is None and W.shape == (n_heads * d_head, model.cfg.d_vocab)
+    z = torch.randn(n_heads, d_head)
+    via_heads = torch.einsum("hd,hdm->m", z, model.W_O[1].float()) @ model.W_U.float()
+    torch.testing.assert_close(z.reshape(-1) @ W, via_heads, rtol=1e-4, atol=1e-4)
+    for hook in ("blocks.1.hook_attn_out", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"):
+        W, note = unembed_for({**meta, "hook": hook}, model.cfg.d_model, "cpu")
+        assert note is None and torch.equal(W, model.W_U.float())
+    W, note = unembed_for({**meta, "hook": "blocks.1.mlp.hook_post"}, model.cfg.d_mlp, "cpu")
+    assert W is None and "not on the residual stream" in note
