@@ -41,8 +41,11 @@ class Group:
     """One template's pairs, the role of each of its positions, and its own attribution."""
 
     batch: TaskBatch
+    """The template's pairs, all of one length."""
     roles: tuple[str, ...]
+    """The role of each position of this template."""
     attr: Attribution
+    """Per-position node effects and clean means over this group alone."""
     weight: float
     """Share of all pairs in this group: the group's weight in every mean."""
 
@@ -54,6 +57,7 @@ class Grouped:
     roles: list[str]
     """Every role of every template, in order of first appearance."""
     groups: list[Group]
+    """One per template."""
     effects: dict[str, Tensor]
     """hook -> [roles, d_sae + 1]: mean effect per (role, node); column d_sae is the error."""
 
