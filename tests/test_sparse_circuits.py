@@ -210,3 +210,31 @@ def test_out_of_group_roles_drop_out(planted):
     k = torch.tensor([[g.roles.index("t1w0"), 3], [g.roles.index("end"), 5], [-1, 7]])
     local = P.in_group(k, g.roles, g.groups[0])  # template 0 has no role t1w0
     assert local.tolist() == [[len(g.groups[0].roles) - 1, 5], [-1, 7]]
+
+
+class ShortKey(PlantedKey):
+    """The plant with 2- and 3-token templates: few positions, so every edge is cheap."""
+
+    fillers = ((11, 12), (31, 32, 33))
+
+
+@pytest.mark.parametrize("kind", ["role", "summed"])
+def test_edges_of_all_nodes_sum_to_upstream_effects(planted, tmp_path, kind):
+    # Known answer (as in test_circuits): with every node kept, the edges out of a residual
+    # hook sum to its attribution effects, here pooled over template groups by role.
+    model = planted[0]
+    folders = [_write_sae(tmp_path / f"s{i}", h, seed=i) for i, h in enumerate(HOOKS)]
+    sset, model = load_set(folders, model)
+    task = ShortKey()
+    g = P.role_effects(model, sset, task, P.template_groups(task, None, 0, 0), progress=False)
+    attr = P.as_attribution(g, kind, list(sset.hooks))
+    attr.kept = P.kept(g, kind, -1.0)
+    P.role_edges(model, sset, task, g, attr, progress=False)
+    w = attr.edges[(HOOKS[0], HOOKS[1])]
+    assert w.shape == (len(attr.kept[HOOKS[1]]), len(attr.kept[HOOKS[0]]))
+    assert w.sum().item() == pytest.approx(g.effects[HOOKS[0]].sum().item(), rel=1e-4)
+    # Node by node too, which checks the pooling by role: Σ_d edge(u → d) = effect(u).
+    k = attr.kept[HOOKS[0]]
+    eff = attr.effects[HOOKS[0]]
+    per_node = eff[k[:, 1]] if kind == "summed" else eff[k[:, 0], k[:, 1]]
+    assert torch.allclose(w.sum(0), per_node, atol=1e-4 * per_node.abs().max().item())
