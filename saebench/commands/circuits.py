@@ -53,6 +53,9 @@ class Args:
     catalog rows always go to that workspace's circuits/, named after this file's stem."""
     device: str | None = None
     """Torch device; default: cuda if available, else cpu."""
+    illusion: int = 0
+    """Also check the top N nodes at each MLP hidden hook (blocks.L.mlp.hook_post) for the
+    subspace-patching illusion (arXiv 2311.17030; saebench.illusion_check); 0: off."""
 
 
 def _check(args: Args) -> None:
@@ -83,6 +86,10 @@ def main(args: Args) -> None:
     task = get_task(args.task)  # an unknown task fails before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sset, model = load_set(args.saes, device=device)
+    if args.illusion:  # fail before the circuit's work, not after it
+        from saebench.illusion_check import mlp_hooks
+
+        mlp_hooks(sset.hooks, args.illusion)
     if args.by_template:
         return _by_template(args, task, sset, model)
     batch = task.batch(model.tokenizer, args.n, args.seed)
@@ -116,6 +123,10 @@ def main(args: Args) -> None:
     rec = output.record(args.task, sset, attr, faith, {**settings, "thresholds": thresholds})
     if heads is not None:
         rec["heads"] = heads
+    if args.illusion:
+        from saebench.illusion_check import check_circuit
+
+        rec["illusion"] = check_circuit(model, sset, task, batch, attr.effects, args.illusion)
     ws = workspace_of(args.saes[0])
     out = args.out or ws / output.CIRCUITS_DIR / f"{args.task}-{args.method}.json"
     output.write(out, rec)
