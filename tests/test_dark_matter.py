@@ -185,3 +185,17 @@ def test_registered_and_bad_input_is_one_line(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown pursuit 'omp'" in err[0]
     assert not (tmp_path / "evals").exists()
+
+
+def test_rows_are_spread_over_the_split_not_taken_from_its_start():
+    from saebench.evals.dark_matter import _every, _spread
+
+    rows = torch.arange(100, dtype=torch.float32)[:, None].repeat(1, 4)
+    ctx = _ctx(ReluCoder(torch.eye(4), torch.zeros(4), torch.eye(4), torch.zeros(4)),
+               SplitStore(rows, rows))
+    got = torch.cat(list(_spread(ctx, "train", 50, read=7)))[:, 0]
+    assert len(got) == 50 and bool((got.diff() > 0).all())  # distinct rows, in order
+    assert float(got.max()) > 90 and float(got.min()) < 10  # from the whole split
+    assert torch.equal(got, torch.cat(list(_spread(ctx, "train", 50, read=13)))[:, 0])
+    assert torch.cat(list(_spread(ctx, "train", 100)))[:, 0].tolist() == list(range(100))
+    assert _every(4, 4, 8, 2).tolist() == [0]  # sample rows 4..7: only row 4 (every 4th)
