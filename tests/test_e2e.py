@@ -199,3 +199,26 @@ def test_cli_trains_e2e_on_a_store(tiny_store, tmp_path):
     assert run["loss"] == "e2e+ds" and run["steps"] == 2 and run["tokens_trained"] == 62
     assert run["final"]["kl"] > 0 and run["final"]["ds_fvu"] > 0
     assert load_sae(out).W_dec.shape == (16, 32)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "mutual_choice", "feature_choice",
+                                  "gsae", "mp"])
+def test_every_architecture_trains_end_to_end(arch, tmp_path):
+    from trainers.e2e_codes import train_reconstruction
+    from trainers.registry import get
+    from trainers.topk import _fvu
+
+    spec = get(arch)
+    cfg = spec.config(d_sae=8, k=2)
+    sae = spec.model(D, cfg, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(1))
+    x_hat, codes = train_reconstruction(sae, x)
+    # The same reconstruction the architecture's own (local) loss scores.
+    local_fvu = float(sae.loss(x).parts["fvu"])
+    assert float(_fvu(x, x_hat.detach())) == pytest.approx(local_fvu, rel=1e-5)
+    assert x_hat.requires_grad and codes.shape == (64, 8)
+    model, tokens = planted_model(), windows(8, 3)
+    train = TrainConfig(tokens=224, batch_size=56, lr=1e-2, warmup_steps=0, progress=False,
+                        loss="e2e")
+    out = train_e2e(model, tokens, HOOK, cfg, tmp_path / arch, META, train, 1.0)
+    assert load_sae(out).W_dec.shape == (8, D)
