@@ -100,6 +100,14 @@ class ModelStore:
                     self._grads.popitem(last=False)
         return acts
 
+    def token_windows(self, split: str) -> torch.Tensor:
+        """The token windows of a split, `[n_seq, ctx]` (position 0 is BOS), as a finished
+        store's reader gives them; no forward runs (end-to-end training reads these)."""
+        parts = [c.tokens for c in self._plan if c.split == split]
+        if not parts:
+            return torch.empty((0, self.ctx), dtype=torch.long)
+        return torch.from_numpy(np.concatenate(parts).astype("int64"))
+
     def source(self, split: str = "train", **kwargs) -> StoreSource:
         # Streaming mode by default: the in-memory mode would run the whole split up front.
         return StoreSource(self, split, **{"in_memory": False, **kwargs})

@@ -201,6 +201,25 @@ def test_cli_trains_e2e_on_a_store(tiny_store, tmp_path):
     assert load_sae(out).W_dec.shape == (16, 32)
 
 
+def test_cli_trains_e2e_from_the_stream_without_a_store(tmp_path):
+    """--model instead of --store: the streaming source's corpus windows, no cache on disk."""
+    from trainers.saelens_format import read_meta
+
+    out, stream = tmp_path / "e2e", ["--model", "random:tiny", "--hook",
+                                     "blocks.0.hook_resid_post", "--ctx", "32"]
+    main(tyro.cli(Args, args=["--out", str(out), *stream, "--loss", "e2e", "--tokens", "62",
+                              "--batch-size", "31", "--k", "2", "--width", "16",
+                              "--no-progress"]))
+    run = read_meta(out)["run"]
+    assert run["loss"] == "e2e" and run["steps"] == 2 and run["final"]["kl"] > 0
+    assert {p.name for p in tmp_path.glob("*.duckdb")} <= {"catalog.duckdb"}  # no store
+    args = tyro.cli(Args, args=["--out", str(tmp_path / "b"), *stream, "--loss", "e2e",
+                                "--tokens", "62", "--cache-to", str(tmp_path / "c.duckdb")])
+    with pytest.raises(UserError, match="drop --cache-to"):
+        main(args)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c.duckdb").exists()
+
+
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "mutual_choice", "feature_choice",
                                   "gsae", "mp"])
 def test_every_architecture_trains_end_to_end(arch, tmp_path):

@@ -3,7 +3,10 @@
 The store supplies what e2e training needs besides the model: the training split's token
 windows (the SAE sees exactly the tokens a local SAE on this store saw), the hook, and the
 activation norm that sets the training units. Its cached activations are not read: the
-model recomputes them, since the blocks after the hook must run anyway.
+model recomputes them, since the blocks after the hook must run anyway. So no cache is
+needed at all: `train_from_stream` takes the same three things from the streaming source
+(store.model_source.ModelStore: the corpus windows a cache would hold, and a norm estimated
+from its first chunks).
 """
 
 from __future__ import annotations
@@ -44,3 +47,19 @@ def train_from_store(
     scale = math.sqrt(meta["d_in"]) / store.source("train").stats().mean_norm
     return train_e2e(model, windows, meta["hook"], cfg, out_dir, meta, train, scale,
                      loss_cfg=loss_cfg, init=init, store_path=recorded_path)
+
+
+def train_from_stream(
+    streamed: Any, cfg: Any, out_dir: str | Path, train: TrainConfig, *,
+    init: str | Path | None = None, loss_cfg: E2ELossConfig = DEFAULT_LOSS,
+) -> Path:
+    """Train one SAE end to end on a streaming source's training windows (no store on disk);
+    `streamed` is a store.model_source.ModelStore, whose model is reused."""
+    meta = streamed.meta
+    windows = streamed.token_windows("train")
+    if windows.shape[0] == 0:
+        raise UserError("the stream planned no training windows: raise --tokens")
+    scale = math.sqrt(meta["d_in"]) / meta["norm"]["mean_norm"]
+    return train_e2e(streamed.model, windows, meta["hook"], cfg, out_dir, meta, train, scale,
+                     loss_cfg=loss_cfg, init=init, store_path=None)
+

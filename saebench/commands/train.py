@@ -150,15 +150,30 @@ def _stream(args: Args, configs: list) -> list[Path]:
 
 
 def _e2e(args: Args, configs: list) -> Path:
-    """--loss e2e / e2e+ds: one SAE, the model in the loop, on a store's token windows."""
-    from trainers.e2e_store import train_from_store
+    """--loss e2e / e2e+ds: one SAE, the model in the loop, on a store's token windows or,
+    with --model, on the streaming source's (the corpus windows a cache would hold)."""
+    from trainers.e2e_store import train_from_store, train_from_stream
 
-    if args.store is None:
-        raise UserError(f"--loss {args.train.loss} trains on a store's token windows with its "
-                        "model in the loop: give --store")
     if len(configs) != 1:
         raise UserError(f"--loss {args.train.loss} trains one SAE per run: give one --arch, "
                         "--k and --width")
+    if args.store is None:
+        if args.stream.model is None:
+            raise UserError(f"--loss {args.train.loss} runs the model in the loop: give --store "
+                            "(its token windows) or --model (stream them from the corpus)")
+        if args.stream.cache_to is not None:
+            raise UserError(f"--loss {args.train.loss} computes no activations to cache: drop "
+                            "--cache-to")
+        from saebench.commands.stream import open_stream
+
+        streamed = open_stream(args.stream, args.train.tokens, False, args.train.device)
+        try:
+            return train_from_stream(streamed, configs[0], args.out, args.train)
+        finally:
+            streamed.close()
+    if args.stream.model is not None:
+        raise UserError("--model streams from a model; --store trains on a cache: give one or "
+                        "the other")
     return train_from_store(args.store, configs[0], args.out, args.train,
                             recorded_path=_recorded_path(args.store, args.out))
 
