@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -119,6 +120,25 @@ def _pages() -> list[str]:
     return [e.elts[2].value for e in node.value.elts]  # the first is the default page
 
 
+@contextlib.contextmanager
+def _browser_on(workspace: Path):
+    """A page of headless Chromium (1400 px wide) and the port of `saebench app` serving the
+    workspace; both stopped on exit."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    port = _free_port()
+    proc = _serve(workspace, port)
+    try:
+        _wait_healthy(proc, port)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            # Tall enough that a full-page screenshot holds the whole page (the main column
+            # scrolls inside the viewport, not the document).
+            yield browser.new_page(viewport={"width": 1400, "height": 4000}), port
+            browser.close()
+    finally:
+        _stop(proc)
+
+
 def _check_page(page, name: str, out: Path) -> list[str]:
     """Screenshot `out/<name>.png`; the page's error elements and overflowing elements."""
     page.wait_for_function(SETTLED, timeout=60_000)
@@ -134,41 +154,29 @@ def _check_page(page, name: str, out: Path) -> list[str]:
 def test_pages_in_chromium(tmp_path):
     """Every page at 1400 px: no error element, nothing wider than its box; one screenshot
     per page in tmp_path. The feature page also has its tokens, colours and hovers checked."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     from test_app_feature_polish import make_polished_workspace
 
-    workspace = make_polished_workspace(tmp_path / "ws")
-    port = _free_port()
-    proc = _serve(workspace, port)
     problems: list[str] = []
-    try:
-        _wait_healthy(proc, port)
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            # Tall enough that a full-page screenshot holds the whole page (the main column
-            # scrolls inside the viewport, not the document).
-            page = browser.new_page(viewport={"width": 1400, "height": 4000})
-            page.goto(f"http://localhost:{port}/feature?sae=synth-a&latent=3")
-            page.wait_for_selector(".saebench-tok", timeout=60_000)  # a loaded machine
-            page.get_by_text("Promoted tokens").wait_for(timeout=10_000)
-            assert page.locator(".saebench-tok").count() >= 33
-            center = page.locator(".saebench-tok", has_text="apple").first
-            title = center.get_attribute("title")
-            assert float(title.split(" ·")[0]) == pytest.approx(1.3, rel=1e-3)
-            assert "next-token loss +0.25" in title  # the loss effect, on hover
-            assert "rgba(255, 140, 0, 1.00)" in center.get_attribute("style")
-            assert page.locator("table").filter(has_text="banana").count() >= 1
-            problems += _check_page(page, "feature", tmp_path)
-            for i, name in enumerate(_pages()):
-                if name in NEEDS_MODEL_OR_STORE or name == "feature":
-                    continue
-                path = "" if i == 0 else name  # the default page lives at the root
-                page.goto(f"http://localhost:{port}/{path}?sae=synth-a&latent=3")
-                problems += _check_page(page, name, tmp_path)
-            browser.close()
-        assert (tmp_path / "feature.png").stat().st_size > 10_000
-    finally:
-        _stop(proc)
+    with _browser_on(make_polished_workspace(tmp_path / "ws")) as (page, port):
+        page.goto(f"http://localhost:{port}/feature?sae=synth-a&latent=3")
+        page.wait_for_selector(".saebench-tok", timeout=60_000)  # a loaded machine
+        page.get_by_text("Promoted tokens").wait_for(timeout=10_000)
+        assert page.locator(".saebench-tok").count() >= 33
+        center = page.locator(".saebench-tok", has_text="apple").first
+        title = center.get_attribute("title")
+        assert float(title.split(" ·")[0]) == pytest.approx(1.3, rel=1e-3)
+        assert "next-token loss +0.25" in title  # the loss effect, on hover
+        assert "rgba(255, 140, 0, 1.00)" in center.get_attribute("style")
+        # Streamlit streams elements in: wait for the logit table rather than count it once.
+        page.locator("table").filter(has_text="banana").first.wait_for(timeout=30_000)
+        problems += _check_page(page, "feature", tmp_path)
+        for i, name in enumerate(_pages()):
+            if name in NEEDS_MODEL_OR_STORE or name == "feature":
+                continue
+            path = "" if i == 0 else name  # the default page lives at the root
+            page.goto(f"http://localhost:{port}/{path}?sae=synth-a&latent=3")
+            problems += _check_page(page, name, tmp_path)
+    assert (tmp_path / "feature.png").stat().st_size > 10_000
     assert not problems, "\n".join(problems)
 
 
@@ -178,7 +186,6 @@ def test_model_pages_in_chromium(tiny_workspace, tmp_path):
     state (per-token features; the blind test's excerpts) with no error and no overflow."""
     import shutil
 
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     from workspace_builder import SAE_NAME
 
     from app.data import save_label
@@ -187,25 +194,16 @@ def test_model_pages_in_chromium(tiny_workspace, tmp_path):
     shutil.copytree(tiny_workspace, workspace)
     latent = _busiest(workspace)
     save_label(workspace, SAE_NAME, latent, "a test label")
-    port = _free_port()
-    proc = _serve(workspace, port)
     problems: list[str] = []
-    try:
-        _wait_healthy(proc, port)
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 4000})
-            assert set(_pages()) >= NEEDS_MODEL_OR_STORE
-            page.goto(f"http://localhost:{port}/test_text?sae={SAE_NAME}&latent={latent}")
-            page.get_by_text("Top features per token").wait_for(timeout=120_000)
-            problems += _check_page(page, "test_text", tmp_path)
-            page.goto(f"http://localhost:{port}/blind_test?sae={SAE_NAME}&latent={latent}")
-            page.get_by_text("This latent fires on a test label").wait_for(timeout=120_000)
-            problems += _check_page(page, "blind_test", tmp_path)
-            assert page.locator('[data-testid="stCheckbox"]').count() >= 2  # the excerpts
-            browser.close()
-    finally:
-        _stop(proc)
+    with _browser_on(workspace) as (page, port):
+        assert set(_pages()) >= NEEDS_MODEL_OR_STORE
+        page.goto(f"http://localhost:{port}/test_text?sae={SAE_NAME}&latent={latent}")
+        page.get_by_text("Top features per token").wait_for(timeout=120_000)
+        problems += _check_page(page, "test_text", tmp_path)
+        page.goto(f"http://localhost:{port}/blind_test?sae={SAE_NAME}&latent={latent}")
+        page.get_by_text("This latent fires on a test label").wait_for(timeout=120_000)
+        problems += _check_page(page, "blind_test", tmp_path)
+        assert page.locator('[data-testid="stCheckbox"]').count() >= 2  # the excerpts
     assert not problems, "\n".join(problems)
 
 
