@@ -138,6 +138,7 @@ def test_init_copies_a_saved_sae_in_training_units(trained, tmp_path):
     (["--loss", "e2e", "--tokens", "100", "--k", "1", "2", "--store", "x.duckdb"],
      "one SAE per run"),
     (["--loss", "e2e+ds", "--tokens", "100", "--store", "missing.duckdb"], "missing.duckdb"),
+    (["--tokens", "100", "--store", "x.duckdb", "--init-from", "x"], "end-to-end run"),
 ])
 def test_bad_cli_input_is_one_line(tmp_path, argv, message):
     args = tyro.cli(Args, args=["--out", str(tmp_path / "sae"), *argv])
@@ -213,6 +214,12 @@ def test_cli_trains_e2e_from_the_stream_without_a_store(tmp_path):
     run = read_meta(out)["run"]
     assert run["loss"] == "e2e" and run["steps"] == 2 and run["final"]["kl"] > 0
     assert {p.name for p in tmp_path.glob("*.duckdb")} <= {"catalog.duckdb"}  # no store
+    # --init-from: a zero-step run from that SAE keeps its decoder exactly.
+    again = tmp_path / "again"
+    main(tyro.cli(Args, args=["--out", str(again), *stream, "--loss", "e2e", "--tokens", "62",
+                              "--batch-size", "31", "--k", "2", "--width", "16", "--lr", "0",
+                              "--init-from", str(out), "--no-progress"]))
+    assert torch.allclose(load_sae(again).W_dec, load_sae(out).W_dec, atol=1e-6)
     args = tyro.cli(Args, args=["--out", str(tmp_path / "b"), *stream, "--loss", "e2e",
                                 "--tokens", "62", "--cache-to", str(tmp_path / "c.duckdb")])
     with pytest.raises(UserError, match="drop --cache-to"):

@@ -48,6 +48,9 @@ class Args:
     s3://bucket/prefix/name.duckdb); without it, --model streams activations instead."""
     stream: Annotated[StreamArgs, tyro.conf.OmitArgPrefixes] = StreamArgs()
     """Streaming (when --store is not given)."""
+    init_from: Path | None = None
+    """With --loss e2e/e2e+ds: start from this saved SAE folder (same architecture, d_in and
+    width), e.g. the local SAE on the same store, instead of a fresh initialisation."""
 
 
 def _parse_sets(args: Args) -> dict[str, dict]:
@@ -168,13 +171,14 @@ def _e2e(args: Args, configs: list) -> Path:
 
         streamed = open_stream(args.stream, args.train.tokens, False, args.train.device)
         try:
-            return train_from_stream(streamed, configs[0], args.out, args.train)
+            return train_from_stream(streamed, configs[0], args.out, args.train,
+                                     init=args.init_from)
         finally:
             streamed.close()
     if args.stream.model is not None:
         raise UserError("--model streams from a model; --store trains on a cache: give one or "
                         "the other")
-    return train_from_store(args.store, configs[0], args.out, args.train,
+    return train_from_store(args.store, configs[0], args.out, args.train, init=args.init_from,
                             recorded_path=_recorded_path(args.store, args.out))
 
 
@@ -184,6 +188,8 @@ def main(args: Args) -> None:
     from trainers.loop import check_grads
 
     configs, _ = plan(args)  # bad --arch/--k/--width/--set fail before the store is opened
+    if args.init_from is not None and args.train.loss == "local":
+        raise UserError("--init-from starts an end-to-end run (--loss e2e or e2e+ds)")
     if args.train.loss != "local":
         print(_e2e(args, configs))
         return
