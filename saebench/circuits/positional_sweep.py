@@ -68,20 +68,39 @@ def default_thresholds(effects: dict) -> list[float]:
 
 def discover(model, sset: SAESet, task, args) -> tuple:
     """`saebench circuits --by-template`: (Attribution for the record, faithfulness dict,
-    extra record fields). `args` is the command's Args."""
+    extra record fields). `args` is the command's Args.
+
+    With `--method mask` the node effects on record are attribution's (one
+    forward+backward), and the sweep is over the circuits of the learned mask's λ path
+    (saebench.circuits.mask) instead of effect thresholds."""
     groups = P.template_groups(task, model.tokenizer, args.n, args.seed)
     kw = {"batch_size": args.batch_size, "progress": True}
-    g = P.role_effects(model, sset, task, groups, method=args.method, patch=args.patch, **kw)
+    learned = args.method == "mask"
+    g = P.role_effects(model, sset, task, groups, method="attrib" if learned else args.method,
+                       patch=args.patch, **kw)
     kind = "role" if args.per_position else "summed"
     attr = P.as_attribution(g, kind, list(sset.hooks))
-    thresholds = list(args.thresholds) or default_thresholds(attr.effects)
-    attr.kept = P.kept(g, kind, args.node_threshold)
+    extra: dict = {"roles": g.roles, "templates": [list(grp.roles) for grp in g.groups],
+                   "node_kind": kind}
+    if learned:
+        from saebench.circuits import mask
+
+        settings = mask.MaskSettings(steps=args.mask_steps, seed=args.seed)
+        path = mask.learn(model, sset, task, g, kind, settings, ablate=args.ablate)
+        faith = mask.evaluate_path(model, sset, task, g, kind, path.circuits,
+                                   ablate=args.ablate, seed=args.seed)
+        attr.kept = path.circuits[faith.pop("chosen")][1]
+        extra |= {"thresholds": [lam for lam, _ in path.circuits], "mask": path.history}
+    else:
+        thresholds = list(args.thresholds) or default_thresholds(attr.effects)
+        attr.kept = P.kept(g, kind, args.node_threshold)
+        faith = None
+        extra["thresholds"] = thresholds
     if args.edges:
         P.role_edges(model, sset, task, g, attr, max_pairs=args.edge_pairs, **kw)
-    faith = evaluate(model, sset, task, g, kind, thresholds, args.node_threshold,
-                     seed=args.seed, **kw)
-    extra = {"roles": g.roles, "templates": [list(grp.roles) for grp in g.groups],
-             "node_kind": kind, "thresholds": thresholds}
+    if faith is None:
+        faith = evaluate(model, sset, task, g, kind, extra["thresholds"], args.node_threshold,
+                         seed=args.seed, **kw)
     return attr, faith, extra
 
 

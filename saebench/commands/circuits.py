@@ -15,9 +15,11 @@ class Args:
     """SAE folders (SAELens format), one per hook, all of one model (cfg.json metadata)."""
     task: str = "ioi"
     """Task (see `saebench tasks`): ioi, sva, docstring, induction, greater_than."""
-    method: Literal["attrib", "ig"] = "attrib"
+    method: Literal["attrib", "ig", "mask"] = "attrib"
     """Node effects by attribution patching (1 forward+backward) or integrated gradients
-    (10 steps per hook, Marks et al. 2024 §2)."""
+    (10 steps per hook, Marks et al. 2024 §2), circuits by thresholds on them; or "mask":
+    circuits from gates learned to keep the metric with as few nodes as possible
+    (saebench.circuits.mask; needs --by-template; the sweep's threshold is then λ)."""
     patch: Literal["mean", "corrupt"] = "mean"
     """What a node is patched to when its effect is estimated: its clean mean at that
     position (what faithfulness ablates to), or its corrupt-prompt value. With "corrupt",
@@ -39,6 +41,13 @@ class Args:
     """Group pairs by template (ioi) so positions align; nodes are then (hook, role, latent)
     with --per-position, else (hook, latent), ablated to template-group means (Marks et al.
     2024 §4; saebench.circuits.positional)."""
+    ablate: Literal["mean", "corrupt"] = "mean"
+    """With --method mask: what a node outside the circuit is set to, its template-group mean
+    at its position (as faithfulness does everywhere else), or its value on the pair's corrupt
+    prompt (a counterfactual patch; then m(∅) is the corrupt prompts' metric)."""
+    mask_steps: int = 20
+    """With --method mask: Adam steps per λ stage (12 stages; one gated forward+backward
+    over all pairs per step)."""
     edges: bool = True
     """Compute edges (one batched backward per 8 kept downstream nodes and pair chunk)."""
     edge_pairs: int = 32
@@ -65,6 +74,12 @@ def _check(args: Args) -> None:
         raise UserError("--n, --batch-size and --edge-pairs must be positive")
     if args.node_threshold < 0 or args.edge_threshold < 0 or min(args.thresholds, default=0) < 0:
         raise UserError("thresholds must be non-negative")
+    if args.method == "mask" and not args.by_template:
+        raise UserError("--method mask learns gates over template groups: add --by-template")
+    if args.ablate != "mean" and args.method != "mask":
+        raise UserError("--ablate corrupt needs --method mask (the threshold sweep mean-ablates)")
+    if args.mask_steps < 1:
+        raise UserError("--mask-steps must be positive")
 
 
 def main(args: Args) -> None:
@@ -175,7 +190,8 @@ def _by_template(args: Args, task, sset, model) -> None:
 
 
 def _print(rec: dict, out: Path) -> None:
-    print(f"{'threshold':>10} {'nodes':>6} {'faithful':>9} {'random':>8} {'complete':>9}")
+    label = "lambda" if rec["settings"]["method"] == "mask" else "threshold"
+    print(f"{label:>10} {'nodes':>6} {'faithful':>9} {'random':>8} {'complete':>9}")
     for r in rec["faithfulness"]["sweep"]:
         print(f"{r['threshold']:>10.3g} {r['n_nodes']:>6} {r['faithfulness']:>9.3f} "
               f"{r['random_faithfulness']:>8.3f} {r['completeness']:>9.3f}")
