@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--ablate", nargs="+", default=["mean", "corrupt"])
     ap.add_argument("--lambda-from", type=float, default=1e-5, help="first λ; doubles per stage")
     ap.add_argument("--stages", type=int, default=12)
+    ap.add_argument("--batch-pairs", type=int, default=None,
+                    help="pairs per mask step, drawn from the --n fit pairs (default: all)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--table", type=Path, help="only print the table of this results file")
     a = ap.parse_args()
@@ -101,6 +103,7 @@ def main() -> None:
         fit, f_full, f_empty = scorer(M.Runner(model, sset, g, ablate), sset, task)
         held, h_full, h_empty = scorer(M.Runner(model, sset, g2, ablate), sset, task)
         base = {"ablate": ablate, "n": a.n, "heldout_n": a.heldout_n,
+                "batch_pairs": a.batch_pairs, "steps": a.steps,
                 "m_full": f_full, "m_empty": f_empty, "heldout_m_full": h_full,
                 "heldout_m_empty": h_empty, "saes": a.saes}
         eff = P.summed(g)
@@ -113,7 +116,7 @@ def main() -> None:
         t0 = time.perf_counter()
         path = M.learn(model, sset, task, g, "summed", M.MaskSettings(
             lambdas=tuple(a.lambda_from * 2.0 ** i for i in range(a.stages)), steps=a.steps,
-            seed=a.seed),
+            seed=a.seed, batch_pairs=a.batch_pairs),
                        progress=True, ablate=ablate)
         t_mask = time.perf_counter() - t0
         for (lam, k), hist in zip(path.circuits, path.history, strict=True):

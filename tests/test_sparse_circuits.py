@@ -277,13 +277,16 @@ def test_mask_runner_is_the_hard_ablation(planted, tmp_path, kind):
     assert cf.gated(task, ones, kind).item() == pytest.approx(full, rel=1e-5)
 
 
-def test_mask_finds_the_planted_two_node_circuit(planted):
+@pytest.mark.parametrize("batch_pairs", [None, 4])
+def test_mask_finds_the_planted_two_node_circuit(planted, batch_pairs):
     # Known answer: only the key token at the end carries the behaviour, so the λ path must
-    # close every other gate and keep exactly the two key latents at the end, faithfully.
+    # close every other gate and keep exactly the two key latents at the end, faithfully;
+    # also when each step sees only 4 of the 12 pairs.
     from saebench.circuits import mask as M
 
     model, sset, task, g, vocab = planted
-    settings = M.MaskSettings(lambdas=(1e-4, 1e-3, 1e-2), steps=40, seed=0)
+    settings = M.MaskSettings(lambdas=(1e-4, 1e-3, 1e-2), steps=40, seed=0,
+                              batch_pairs=batch_pairs)
     path = M.learn(model, sset, task, g, "role", settings, progress=False)
     sizes = [sum(len(k) for k in c.values()) for _, c in path.circuits]
     assert sizes == sorted(sizes, reverse=True)

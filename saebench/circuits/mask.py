@@ -59,6 +59,10 @@ class MaskSettings:
     init: float = 3.0
     """Starting gate logit: every gate open (P(open) ≈ 0.98)."""
     seed: int = 0
+    batch_pairs: int | None = None
+    """Pairs per step, drawn afresh each step from all of them (None: all, every step): a
+    larger pool at the cost of a small batch, so the gates fit the task's distribution of
+    names rather than one small sample of them."""
 
 
 @dataclass
@@ -172,27 +176,39 @@ class Runner:
                                             stop_at_layer=self.layer + 1)
         self.prefix = cache[name]
 
-    def metric(self, hooks: list) -> Tensor:
-        """Per-pair metric under `hooks`."""
-        model, batch = self.model, self.batch
-        x = self.prefix
+    def metric(self, hooks: list, rows: Tensor | None = None) -> Tensor:
+        """Per-pair metric under `hooks`, of the pairs `rows` (None: all)."""
+        model, batch, x = self.model, self.batch, self.prefix
+        if rows is not None:
+            keep = rows.tolist()
+            x, batch = x[rows], replace(
+                batch, clean=batch.clean[rows], corrupt=batch.corrupt[rows], pos=batch.pos[rows],
+                answer=batch.answer[rows], wrong=batch.wrong[rows],
+                prompts=tuple(batch.prompts[i] for i in keep))
         with model.hooks(fwd_hooks=hooks):
             for block in model.blocks[self.layer :]:
                 x = block(x)
-        picked = x[torch.arange(len(batch), device=x.device), batch.pos][:, None]
+        picked = x[torch.arange(len(batch.pos), device=x.device), batch.pos][:, None]
         final = getattr(model, "ln_final", None) or (lambda y: y)
         logits = model.unembed(final(picked))
         return self.task.metric(logits, replace(batch, pos=torch.zeros_like(batch.pos)))
 
-    def gated(self, task, gates: dict[str, Tensor], kind: str) -> Tensor:
-        """Mean metric over all pairs with `gates` [roles or 1, d_sae + 1] per hook."""
+    def per_pair(self, task, gates: dict[str, Tensor], kind: str,
+                 rows: Tensor | None = None) -> Tensor:
+        """Per-pair metric with `gates` [roles or 1, d_sae + 1] per hook."""
         self.task = task
+        role = self.role if rows is None else self.role[rows]
         hooks = []
         for h, sae in self.sset.items():
-            gate = gates[h][0].expand(*self.role.shape, -1) if kind == "summed" \
-                else gates[h][self.role]
-            hooks.append((h, gated_hook(sae, gate, self.means[h])))
-        return (self.metric(hooks) * self.weight).sum()
+            gate = gates[h][0].expand(*role.shape, -1) if kind == "summed" else gates[h][role]
+            means = self.means[h] if rows is None else {k: v[rows]
+                                                        for k, v in self.means[h].items()}
+            hooks.append((h, gated_hook(sae, gate, means)))
+        return self.metric(hooks, rows)
+
+    def gated(self, task, gates: dict[str, Tensor], kind: str) -> Tensor:
+        """Mean metric over all pairs with `gates` [roles or 1, d_sae + 1] per hook."""
+        return (self.per_pair(task, gates, kind) * self.weight).sum()
 
 
 def pad_rows(t: Tensor, width: int) -> Tensor:
@@ -210,10 +226,10 @@ def learn(model, sset: SAESet, task, g: P.Grouped, kind: str,
     n_rows = 1 if kind == "summed" else len(g.roles)
     ones = {h: torch.ones(n_rows, s.d_sae + 1, device=dev) for h, s in sset.items()}
     zeros = {h: torch.zeros_like(v) for h, v in ones.items()}
-    with torch.no_grad():
-        m_full = run.gated(task, ones, kind).item()
-        m_empty = run.gated(task, zeros, kind).item()
-    span = m_full - m_empty
+    with torch.no_grad():  # per pair, so that a minibatch can be normalised by its own
+        full = run.per_pair(task, ones, kind)
+        empty = run.per_pair(task, zeros, kind)
+    n_pairs = len(full)
     logits = {h: torch.full((n_rows, s.d_sae + 1), settings.init, device=dev,
                             requires_grad=True) for h, s in sset.items()}
     opt = torch.optim.Adam(list(logits.values()), lr=settings.lr)
@@ -225,7 +241,14 @@ def learn(model, sset: SAESet, task, g: P.Grouped, kind: str,
         faith = []
         for _ in range(settings.steps):
             gates = {h: sample_gate(t, gen) for h, t in logits.items()}
-            f = (run.gated(task, gates, kind) - m_empty) / span
+            rows = torch.arange(n_pairs, device=full.device)
+            if settings.batch_pairs and settings.batch_pairs < n_pairs:
+                rows = torch.randperm(n_pairs, generator=gen)[: settings.batch_pairs]
+                rows = rows.sort().values.to(full.device)
+            w = run.weight[rows] / run.weight[rows].sum()
+            m_full, m_empty = (full[rows] * w).sum(), (empty[rows] * w).sum()
+            m = (run.per_pair(task, gates, kind, rows) * w).sum()
+            f = (m - m_empty) / (m_full - m_empty)
             l0 = sum(expected_open(t).sum() for t in logits.values())
             loss = (1 - f) ** 2 + lam * l0
             # Gradients for the gates only: backward() would also fill the model's weights.
