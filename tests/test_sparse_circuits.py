@@ -303,7 +303,7 @@ def test_cli_mask_needs_templates_and_records_the_lambda_path(planted, tmp_path,
     folders = [str(_write_sae(tmp_path / "saes" / f"s{i}", h, seed=i))
                for i, h in enumerate(HOOKS)]
     base = ["circuits", "--saes", *folders, "--task", PlantedKey.name, "--no-check-task",
-            "--method", "mask", "--mask-steps", "2", "--no-edges"]
+            "--method", "mask", "--mask-steps", "2", "--mask-batch", "8", "--no-edges"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(TASKS, PlantedKey.name, PlantedKey())
         assert cli(base) == 2

@@ -1,12 +1,11 @@
-"""Node selection by a learned mask over template groups (`saebench circuits --select mask`).
+"""Node selection by a learned mask over template groups (`saebench circuits --method mask`).
 
 Attribution ranks nodes by their effect one at a time, at the clean run (Marks et al. 2024,
 §2). On IOI with SAEs at four depths that ranking needs thousands of nodes for 80%
 faithfulness: the name identity is carried redundantly, so no single node looks important
 at the clean run, while ablating all but a few leaves nothing. A learned mask looks at the
 circuit as a whole instead: every node gets a gate, and the gates are trained to keep the
-metric while paying for each open gate, with the same ablation that faithfulness uses
-(every closed node set to its template-group mean at its position).
+metric while paying for each open gate, under the ablation that faithfulness uses.
 
 - **Gates.** Hard-concrete gates (Louizos, Welling & Kingma 2018, arXiv 1712.01312, §4: a
   stretched, clipped binary concrete with the expected L0 in closed form), one per node:
@@ -18,13 +17,17 @@ metric while paying for each open gate, with the same ablation that faithfulness
   a hard circuit). λ grows geometrically over the run, so one run traces circuits from large
   to small; after each λ stage the gates are read as a hard circuit (gate logit > 0) and
   recorded. Our choices: the loss, the λ path, Adam with lr 0.1, gates starting open.
-- **Evaluation** is not done here: the recorded circuits go through the same faithfulness
-  sweep as attribution's thresholds (saebench.circuits.positional_sweep), and their
-  faithfulness should be checked on held-out pairs (the benchmark does), since the mask
-  was fitted on the pairs it is scored on.
+- **Ablation.** A closed node takes its template-group mean at its position (as faithfulness
+  does elsewhere), or with `ablate="corrupt"` its value on the pair's corrupt prompt.
+- **Pairs.** Each step sees every pair, or `batch_pairs` of them drawn afresh from a larger
+  pool, so that the gates fit the task's distribution of names and not one small sample.
+- **Evaluation.** `evaluate_path` scores every recorded circuit like a sweep point
+  (faithfulness, a random circuit of the same size, completeness). The gates were fitted on
+  the pairs they are scored on: check them on held-out pairs too
+  (benchmarks/mask_circuits_bench.py does; on IOI the two differ a lot).
 
-Every forward starts at the first hook's block from the clean residual stream cached once
-per group: nothing before the first hook is gated.
+Every forward runs all pairs in one right-padded batch and starts at the first hook's block,
+from the clean residual stream cached once: nothing before the first hook is gated.
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ def discover(model, sset: SAESet, task, args) -> tuple:
     if learned:
         from saebench.circuits import mask
 
-        settings = mask.MaskSettings(steps=args.mask_steps, seed=args.seed)
+        settings = mask.MaskSettings(steps=args.mask_steps, seed=args.seed,
+                                     batch_pairs=args.mask_batch)
         path = mask.learn(model, sset, task, g, kind, settings, ablate=args.ablate)
         faith = mask.evaluate_path(model, sset, task, g, kind, path.circuits,
                                    ablate=args.ablate, seed=args.seed)

@@ -45,6 +45,9 @@ class Args:
     """With --method mask: what a node outside the circuit is set to, its template-group mean
     at its position (as faithfulness does everywhere else), or its value on the pair's corrupt
     prompt (a counterfactual patch; then m(∅) is the corrupt prompts' metric)."""
+    mask_batch: int | None = None
+    """With --method mask: pairs per step, drawn afresh from the --n pairs, so a large --n
+    costs no more per step (default: all of them, every step)."""
     mask_steps: int = 20
     """With --method mask: Adam steps per λ stage (12 stages; one gated forward+backward
     over all pairs per step)."""
@@ -78,8 +81,8 @@ def _check(args: Args) -> None:
         raise UserError("--method mask learns gates over template groups: add --by-template")
     if args.ablate != "mean" and args.method != "mask":
         raise UserError("--ablate corrupt needs --method mask (the threshold sweep mean-ablates)")
-    if args.mask_steps < 1:
-        raise UserError("--mask-steps must be positive")
+    if args.mask_steps < 1 or (args.mask_batch is not None and args.mask_batch < 1):
+        raise UserError("--mask-steps and --mask-batch must be positive")
 
 
 def main(args: Args) -> None:
