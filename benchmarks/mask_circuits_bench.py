@@ -119,6 +119,9 @@ def main() -> None:
             seed=a.seed, batch_pairs=a.batch_pairs),
                        progress=True, ablate=ablate)
         t_mask = time.perf_counter() - t0
+        if a.out:  # the circuits themselves, for checks that need their nodes
+            torch.save({"path": path, "hooks": list(sset.hooks), "n": a.n, "seed": a.seed},
+                       a.out.with_name(f"{a.out.stem}.{ablate}.circuits.pt"))
         for (lam, k), hist in zip(path.circuits, path.history, strict=True):
             rows.append({**base, "select": "mask", "label": lam,
                          "n_nodes": sum(len(v) for v in k.values()),

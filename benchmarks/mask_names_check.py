@@ -1,0 +1,109 @@
+"""Is a learned IOI circuit specific to the names it was fitted on? (issue #15 item 6)
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/mask_names_check.py \\
+        --circuits runs/c4s/mask_bench.mean.circuits.pt
+
+Takes the circuits of a learned mask's λ path (written by benchmarks/mask_circuits_bench.py
+with --out) and scores each on four pair sets that share the fitted pairs' templates:
+- **fit**: the pairs the mask was fitted on (the same seed and n);
+- **new fillers**: the same pairs with place and object drawn afresh, names kept;
+- **new names**: the same pairs with the three names (IO, S and the corrupt C) drawn afresh,
+  place and object kept;
+- **held-out**: a fresh draw of everything (seed + 1).
+If a circuit keeps its faithfulness under new fillers but loses it under new names, what it
+keeps is the fitted prompts' name latents rather than a name-independent mechanism. Every
+set is mean-ablated to its own template-group means; summed nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from saebench.circuits import mask as M
+from saebench.circuits import positional as P
+from saebench.circuits.saes import load_set
+from saebench.tasks import get_task
+from saebench.tasks.base import encode_pairs, need, rng, single_tokens
+from saebench.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, _roles
+
+
+def groups(tokenizer, n: int, seed: int, redraw: str | None) -> list:
+    """ioi.template_groups(n, seed), with the names or the fillers of every pair redrawn."""
+    ids = single_tokens(tokenizer, NAMES)
+    names = need(ids, 3, "ioi", "names")
+    places = need(single_tokens(tokenizer, PLACES), 1, "ioi", "places")
+    objects = need(single_tokens(tokenizer, OBJECTS), 1, "ioi", "objects")
+    place_ids, obj_ids = single_tokens(tokenizer, places), single_tokens(tokenizer, objects)
+    r, other = rng(seed, "ioi-templates"), random.Random(f"redraw:{seed}")
+    out = []
+    for t, template in enumerate(TEMPLATES):
+        size = n // len(TEMPLATES) + (t < n % len(TEMPLATES))
+        clean, corrupt, answer, wrong, roles = [], [], [], [], set()
+        for i in range(size):
+            io, s, c = r.sample(names, 3)  # the same draws as template_groups, in order
+            place, obj = r.choice(places), r.choice(objects)
+            if redraw == "names":
+                io, s, c = other.sample(names, 3)
+            elif redraw == "fillers":
+                place, obj = other.choice(places), other.choice(objects)
+            a, b = (io, s) if i % 2 == 0 else (s, io)
+            fill = dict(A=a, B=b, place=place, obj=obj)
+            clean.append(template.format(S=s, **fill))
+            corrupt.append(template.format(S=c, **fill))
+            answer.append(ids[io])
+            wrong.append(ids[s])
+            toks = tokenizer(clean[-1], add_special_tokens=False)["input_ids"]
+            slots = {"A": ids[a], "B": ids[b], "S": ids[s], "place": place_ids[place],
+                     "obj": obj_ids[obj]}
+            roles.add(_roles([tokenizer.decode([x]) for x in toks], toks, slots, {}))
+        out.append((encode_pairs(tokenizer, clean, corrupt, answer, wrong), roles.pop()))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--circuits", type=Path, required=True)
+    ap.add_argument("--saes", nargs="+", help="default: the SAE folders beside the circuits file")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    saved = torch.load(a.circuits, weights_only=False)
+    saes = a.saes or [str(a.circuits.parent / "saes" / f"L{h.split('.')[1]}-topk")
+                      for h in saved["hooks"]]
+    task = get_task("ioi")
+    sset, model = load_set(saes, device="cpu")
+    tok, n, seed = model.tokenizer, saved["n"], saved["seed"]
+    sets = {"fit": groups(tok, n, seed, None), "new fillers": groups(tok, n, seed, "fillers"),
+            "new names": groups(tok, n, seed, "names"),
+            "held-out": groups(tok, 40, seed + 1, None)}
+    sizes = {h: s.d_sae for h, s in sset.items()}
+    scores = {}
+    for name, grs in sets.items():
+        g = P.role_effects(model, sset, task, grs, progress=False)
+        run = M.Runner(model, sset, g)
+        with torch.no_grad():
+            full = run.gated(task, {h: torch.ones(1, d + 1) for h, d in sizes.items()},
+                             "summed").item()
+            empty = run.gated(task, {h: torch.zeros(1, d + 1) for h, d in sizes.items()},
+                              "summed").item()
+            scores[name] = [(run.gated(task, M.gates_of(k, 1, sizes), "summed").item() - empty)
+                            / (full - empty) for _, k in saved["path"].circuits]
+    rows = []
+    print("| λ | nodes | " + " | ".join(sets) + " |")
+    print("|---|---|" + "---|" * len(sets))
+    for i, (lam, k) in enumerate(saved["path"].circuits):
+        row = {"lambda": lam, "n_nodes": sum(len(v) for v in k.values()),
+               **{s: scores[s][i] for s in sets}}
+        rows.append(row)
+        print(f"| {lam:.2g} | {row['n_nodes']:,} | "
+              + " | ".join(f"{scores[s][i]:.2f}" for s in sets) + " |")
+    if a.out:
+        a.out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
