@@ -28,41 +28,26 @@ from saebench.circuits import mask as M
 from saebench.circuits import positional as P
 from saebench.circuits.saes import load_set
 from saebench.tasks import get_task
-from saebench.tasks.base import encode_pairs, need, rng, single_tokens
-from saebench.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, _roles
+from saebench.tasks.base import need, single_tokens
+from saebench.tasks.ioi import NAMES, OBJECTS, PLACES, template_groups
 
 
 def groups(tokenizer, n: int, seed: int, redraw: str | None) -> list:
     """ioi.template_groups(n, seed), with the names or the fillers of every pair redrawn."""
-    ids = single_tokens(tokenizer, NAMES)
-    names = need(ids, 3, "ioi", "names")
+    names = need(single_tokens(tokenizer, NAMES), 3, "ioi", "names")
     places = need(single_tokens(tokenizer, PLACES), 1, "ioi", "places")
     objects = need(single_tokens(tokenizer, OBJECTS), 1, "ioi", "objects")
-    place_ids, obj_ids = single_tokens(tokenizer, places), single_tokens(tokenizer, objects)
-    r, other = rng(seed, "ioi-templates"), random.Random(f"redraw:{seed}")
-    out = []
-    for t, template in enumerate(TEMPLATES):
-        size = n // len(TEMPLATES) + (t < n % len(TEMPLATES))
-        clean, corrupt, answer, wrong, roles = [], [], [], [], set()
-        for i in range(size):
-            io, s, c = r.sample(names, 3)  # the same draws as template_groups, in order
-            place, obj = r.choice(places), r.choice(objects)
-            if redraw == "names":
-                io, s, c = other.sample(names, 3)
-            elif redraw == "fillers":
-                place, obj = other.choice(places), other.choice(objects)
-            a, b = (io, s) if i % 2 == 0 else (s, io)
-            fill = dict(A=a, B=b, place=place, obj=obj)
-            clean.append(template.format(S=s, **fill))
-            corrupt.append(template.format(S=c, **fill))
-            answer.append(ids[io])
-            wrong.append(ids[s])
-            toks = tokenizer(clean[-1], add_special_tokens=False)["input_ids"]
-            slots = {"A": ids[a], "B": ids[b], "S": ids[s], "place": place_ids[place],
-                     "obj": obj_ids[obj]}
-            roles.add(_roles([tokenizer.decode([x]) for x in toks], toks, slots, {}))
-        out.append((encode_pairs(tokenizer, clean, corrupt, answer, wrong), roles.pop()))
-    return out
+    other = random.Random(f"redraw:{seed}")
+
+    def edit(draw: tuple) -> tuple:
+        io, s, c, place, obj = draw
+        if redraw == "names":
+            io, s, c = other.sample(names, 3)
+        elif redraw == "fillers":
+            place, obj = other.choice(places), other.choice(objects)
+        return io, s, c, place, obj
+
+    return template_groups(tokenizer, n, seed, edit if redraw else None)
 
 
 def main() -> None:

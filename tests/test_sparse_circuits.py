@@ -152,6 +152,20 @@ def test_ioi_templates_align():
         assert (batch.clean[:, roles.index("S2")] != batch.corrupt[:, roles.index("S2")]).all()
 
 
+def test_ioi_template_edit_changes_only_what_it_redraws():
+    from saebench.tasks.ioi import template_groups
+
+    tok = load_model("random:tiny").tokenizer
+    base = template_groups(tok, 16, 0)
+    same = template_groups(tok, 16, 0, lambda d: d)
+    swap = template_groups(tok, 16, 0, lambda d: (d[1], d[0], d[2], d[3], d[4]))  # IO ↔ S
+    for (b0, roles), (b1, _), (b2, _) in zip(base, same, swap, strict=True):
+        assert torch.equal(b0.clean, b1.clean)
+        assert torch.equal(b0.answer, b2.wrong) and torch.equal(b0.wrong, b2.answer)
+        fixed = [i for i, r in enumerate(roles) if r not in ("A", "B", "S2")]
+        assert torch.equal(b0.clean[:, fixed], b2.clean[:, fixed])
+
+
 @pytest.fixture(scope="module")
 def cli_run(planted, tmp_path_factory):
     """(workspace, record) of `saebench circuits --by-template --per-position` on the plant's

@@ -10,6 +10,8 @@ a pair is correct when it is positive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from saebench.tasks.base import (
     LogitDiffTask,
     TaskBatch,
@@ -95,10 +97,14 @@ def _roles(tokens: list[str], ids: list[int], slots: dict[str, int], n_fixed: di
     return tuple(out)
 
 
-def template_groups(tokenizer, n: int, seed: int) -> list[tuple[TaskBatch, tuple]]:
+def template_groups(tokenizer, n: int, seed: int,
+                    edit: Callable[[tuple], tuple] | None = None) -> list[tuple[TaskBatch, tuple]]:
     """`n` pairs split evenly over the templates, ABBA and BABA alternating within each; every
     filler is one token, so all prompts of a template have one length and one role per
-    position (what per-position circuits need, Marks et al. 2024, §4)."""
+    position (what per-position circuits need, Marks et al. 2024, §4).
+
+    `edit` maps each pair's draw (io, s, c, place, obj) to the one used, after the seed's
+    draw: e.g. the same pairs with other names (benchmarks/mask_names_check.py)."""
     ids = single_tokens(tokenizer, NAMES)
     names = need(ids, 3, "ioi", "names")
     places = need(single_tokens(tokenizer, PLACES), 1, "ioi", "places")
@@ -114,6 +120,8 @@ def template_groups(tokenizer, n: int, seed: int) -> list[tuple[TaskBatch, tuple
         for i in range(size):
             io, s, c = r.sample(names, 3)
             place, obj = r.choice(places), r.choice(objects)
+            if edit is not None:
+                io, s, c, place, obj = edit((io, s, c, place, obj))
             a, b = (io, s) if i % 2 == 0 else (s, io)
             fill = dict(A=a, B=b, place=place, obj=obj)
             clean.append(template.format(S=s, **fill))
