@@ -81,8 +81,11 @@ cols[1].metric("Completeness at 80%", _fmt(head["completeness_at_80"]))
 cols[2].metric("Faithfulness", _fmt(head["circuit_faithfulness"]))
 cols[3].metric("Completeness", _fmt(head["circuit_completeness"]))
 cols[4].metric("Nodes / edges", f"{head['circuit_n_nodes']} / {head['n_edges']}")
+chosen = ("the learned mask's smallest circuit past 80% (else its most faithful one); the "
+          "sweep's points are the mask's λ stages" if head["method"] == "mask" else
+          f"at node threshold {_fmt(head['node_threshold'], '.3g')}")
 st.caption("The first two: the smallest swept circuit past 80% faithfulness. The others: the "
-           f"graph's circuit, at node threshold {_fmt(head['node_threshold'], '.3g')}. "
+           f"graph's circuit, {chosen}. "
            "Faithfulness: the "
            "metric with only the circuit's nodes left unablated (1 = the whole model); "
            "completeness: with only them ablated (near 0 = nothing important is missing).")
