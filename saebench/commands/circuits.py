@@ -203,7 +203,9 @@ def _print(rec: dict, out: Path) -> None:
         print("heads by the circuit's effect through them: "
               + ", ".join(f"{h} {v:.3g}" for h, v in top))
     s = rec["summary"]
-    print(f"circuit at the node threshold: {s['n_nodes']} nodes, {len(rec['edges'])} edges, "
+    chosen = ("the mask's smallest circuit past 80%" if rec["settings"]["method"] == "mask"
+              else "circuit at the node threshold")
+    print(f"{chosen}: {s['n_nodes']} nodes, {len(rec['edges'])} edges, "
           f"faithfulness {s['faithfulness']:.3f}, completeness {s['completeness']:.3f}; "
           f"{rec['settings']['seconds']:.1f} s -> {out}")
     n80, c80 = s["nodes_for_80"], s["completeness_at_80"]
