@@ -31,33 +31,16 @@ from saebench.circuits import mask as M
 from saebench.circuits import positional as P
 from saebench.circuits.attribution import kept_nodes
 from saebench.circuits.faithfulness import SweepRow, nodes_for
+from saebench.circuits.gated_run import Runner
 from saebench.circuits.saes import load_set
 from saebench.tasks import get_task
 
 
-def gates_of(kept: dict, sset, rows: int = 1) -> dict:
-    """Hard 0/1 gates [1, d_sae + 1] per hook from summed kept nodes (−1, node)."""
-    out = {}
-    for h, s in sset.items():
-        t = torch.zeros(rows, s.d_sae + 1)
-        t[:, kept[h][:, 1]] = 1
-        out[h] = t
-    return out
-
-
-def scorer(run: M.Runner, sset, task):
-    """Faithfulness of a summed circuit under this runner's pairs and ablation."""
-    with torch.no_grad():
-        full = run.gated(task, {h: torch.ones(1, s.d_sae + 1) for h, s in sset.items()},
-                         "summed").item()
-        empty = run.gated(task, {h: torch.zeros(1, s.d_sae + 1) for h, s in sset.items()},
-                          "summed").item()
-
-    def faith(kept: dict) -> float:
-        with torch.no_grad():
-            return (run.gated(task, gates_of(kept, sset), "summed").item() - empty) / (full - empty)
-
-    return faith, full, empty
+def scorer(run: Runner):
+    """Faithfulness of a summed circuit under this runner's pairs and ablation, with the
+    runner's m(M) and m(∅)."""
+    full, empty = run.hard(None, "summed"), run.hard(run.closed(), "summed")
+    return (lambda kept: (run.hard(kept, "summed") - empty) / (full - empty)), full, empty
 
 
 def top_n(effects: dict, n: int) -> dict:
@@ -100,8 +83,8 @@ def main() -> None:
         g = P.role_effects(model, sset, task, fit_groups, patch=patch, progress=False)
         g2 = P.role_effects(model, sset, task, held_groups, patch=patch, progress=False)
         t_attr = time.perf_counter() - t0
-        fit, f_full, f_empty = scorer(M.Runner(model, sset, g, ablate), sset, task)
-        held, h_full, h_empty = scorer(M.Runner(model, sset, g2, ablate), sset, task)
+        fit, f_full, f_empty = scorer(Runner(model, sset, task, g, ablate))
+        held, h_full, h_empty = scorer(Runner(model, sset, task, g2, ablate))
         base = {"ablate": ablate, "n": a.n, "heldout_n": a.heldout_n,
                 "batch_pairs": a.batch_pairs, "steps": a.steps,
                 "m_full": f_full, "m_empty": f_empty, "heldout_m_full": h_full,

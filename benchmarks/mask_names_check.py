@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from saebench.circuits import mask as M
 from saebench.circuits import positional as P
+from saebench.circuits.gated_run import Runner
 from saebench.circuits.saes import load_set
 from saebench.tasks import get_task
 from saebench.tasks.base import need, single_tokens
@@ -65,18 +65,12 @@ def main() -> None:
     sets = {"fit": groups(tok, n, seed, None), "new fillers": groups(tok, n, seed, "fillers"),
             "new names": groups(tok, n, seed, "names"),
             "held-out": groups(tok, 40, seed + 1, None)}
-    sizes = {h: s.d_sae for h, s in sset.items()}
     scores = {}
     for name, grs in sets.items():
-        g = P.role_effects(model, sset, task, grs, progress=False)
-        run = M.Runner(model, sset, g)
-        with torch.no_grad():
-            full = run.gated(task, {h: torch.ones(1, d + 1) for h, d in sizes.items()},
-                             "summed").item()
-            empty = run.gated(task, {h: torch.zeros(1, d + 1) for h, d in sizes.items()},
-                              "summed").item()
-            scores[name] = [(run.gated(task, M.gates_of(k, 1, sizes), "summed").item() - empty)
-                            / (full - empty) for _, k in saved["path"].circuits]
+        run = Runner(model, sset, task, P.role_effects(model, sset, task, grs, progress=False))
+        full, empty = run.hard(None, "summed"), run.hard(run.closed(), "summed")
+        scores[name] = [(run.hard(k, "summed") - empty) / (full - empty)
+                        for _, k in saved["path"].circuits]
     rows = []
     print("| λ | nodes | " + " | ".join(sets) + " |")
     print("|---|---|" + "---|" * len(sets))

@@ -263,6 +263,7 @@ def test_mask_runner_is_the_hard_ablation(planted, tmp_path, kind):
     # reference ablation's metric for hard 0/1 gates. Hooks in block 1, so the prefix (block 0)
     # is really skipped, and two of them, so the second SAE sees the first one's ablation.
     from saebench.circuits import mask as M
+    from saebench.circuits.gated_run import Runner
 
     model = planted[0]
     hooks = ("blocks.1.hook_resid_mid", "blocks.1.hook_resid_post")
@@ -270,25 +271,25 @@ def test_mask_runner_is_the_hard_ablation(planted, tmp_path, kind):
     sset, model = load_set(folders, model)
     task = PlantedKey()
     g = P.role_effects(model, sset, task, P.template_groups(task, None, 0, 0), progress=False)
-    run = M.Runner(model, sset, g)
+    run = Runner(model, sset, task, g)
     rows = 1 if kind == "summed" else len(g.roles)
     ones = {h: torch.ones(rows, s.d_sae + 1) for h, s in sset.items()}
     full = P.grouped_metric(model, sset, task, g, None)
-    assert run.gated(task, ones, kind).item() == pytest.approx(full, rel=1e-5)
+    assert run.gated(ones, kind).item() == pytest.approx(full, rel=1e-5)
     gen = torch.Generator().manual_seed(0)
     logits = {h: torch.randn(rows, s.d_sae + 1, generator=gen) for h, s in sset.items()}
     gates = {h: (t > 0).float() for h, t in logits.items()}
     ref = P.grouped_metric(model, sset, task, g, M.hard(logits, kind))
     assert ref != pytest.approx(full, rel=1e-3)  # the ablation does change the metric
-    assert run.gated(task, gates, kind).item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert run.gated(gates, kind).item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
     # Counterfactual ablation: with every gate closed the residual stream at the first hook
     # is the corrupt prompt's, so the metric is the corrupt prompts' metric.
-    cf = M.Runner(model, sset, g, "corrupt")
+    cf = Runner(model, sset, task, g, "corrupt")
     closed = {h: torch.zeros_like(v) for h, v in ones.items()}
     corrupt = sum(grp.weight * grp.attr.corrupt_metric.mean().item() for grp in g.groups)
     assert corrupt != pytest.approx(full, rel=1e-3)
-    assert cf.gated(task, closed, kind).item() == pytest.approx(corrupt, rel=1e-5, abs=1e-6)
-    assert cf.gated(task, ones, kind).item() == pytest.approx(full, rel=1e-5)
+    assert cf.gated(closed, kind).item() == pytest.approx(corrupt, rel=1e-5, abs=1e-6)
+    assert cf.gated(ones, kind).item() == pytest.approx(full, rel=1e-5)
 
 
 @pytest.mark.parametrize("batch_pairs", [None, 4])

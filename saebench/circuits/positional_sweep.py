@@ -93,15 +93,12 @@ def discover(model, sset: SAESet, task, args) -> tuple:
         attr.kept = path.circuits[faith.pop("chosen")][1]
         extra |= {"thresholds": [lam for lam, _ in path.circuits], "mask": path.history}
     else:
-        thresholds = list(args.thresholds) or default_thresholds(attr.effects)
+        extra["thresholds"] = list(args.thresholds) or default_thresholds(attr.effects)
         attr.kept = P.kept(g, kind, args.node_threshold)
-        faith = None
-        extra["thresholds"] = thresholds
-    if args.edges:
-        P.role_edges(model, sset, task, g, attr, max_pairs=args.edge_pairs, **kw)
-    if faith is None:
         faith = evaluate(model, sset, task, g, kind, extra["thresholds"], args.node_threshold,
                          seed=args.seed, **kw)
+    if args.edges:
+        P.role_edges(model, sset, task, g, attr, max_pairs=args.edge_pairs, **kw)
     return attr, faith, extra
 
 

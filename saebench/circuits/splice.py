@@ -97,24 +97,33 @@ def interp_hook(sae, clean: dict, corrupt: dict, alpha: float, rec: dict) -> Cal
     return fn
 
 
-def ablate_hook(sae, keep: Tensor | None, mean: dict) -> Callable:
-    """Mean-ablate every node outside `keep` (Marks et al. 2024, circuit evaluation).
+def gated_hook(sae, gate: Tensor, mean: dict) -> Callable:
+    """Each node moved towards its ablation value by (1 − gate): gate 1 keeps it, 0 ablates it
+    (Marks et al. 2024, circuit evaluation; soft gates for saebench.circuits.mask).
 
-    keep: Bool [pos, d_sae + 1] (the last column is the error node); None keeps everything.
-    Written as x + (means − actual) on the ablated nodes so a full circuit is exactly x.
-    """
+    gate: [pairs or 1, pos, d_sae + 1] (the last column is the error node); mean: {"c":
+    [pairs or 1, pos, d_sae], "e": [pairs or 1, pos, d_in]}, one value per pair or one for
+    all. Written as x + (values − actual) on the ablated part, so all-open gates give x."""
 
     def fn(x: Tensor, hook) -> Tensor:
-        if keep is None:
-            return x
         (b, s), flat = x.shape[:2], tokens_of(x)
         d = flat.shape[1]
         c, e = encode_split(sae, flat)
-        k = keep[:s].to(x.device)
-        drop_c = (~k[:, :-1]).float()  # [s, d_sae]
-        dc = (mean["c"][:s] - c.view(b, s, -1)) * drop_c
-        de = (mean["e"][:s] - e.view(b, s, d)) * (~k[:, -1:]).float()
+        drop = 1 - gate[:, :s].to(x.device)
+        dc = (mean["c"][:, :s] - c.view(b, s, -1)) * drop[..., :-1]
+        de = (mean["e"][:, :s] - e.view(b, s, d)) * drop[..., -1:]
         return (flat.view(b, s, d) + (dc.reshape(b * s, -1) @ sae.W_dec).view(b, s, d)
                 + de).reshape(x.shape)
 
     return fn
+
+
+def ablate_hook(sae, keep: Tensor | None, mean: dict) -> Callable:
+    """Mean-ablate every node outside `keep`: gated_hook with hard gates shared by all pairs.
+
+    keep: Bool [pos, d_sae + 1] (the last column is the error node); None keeps everything.
+    mean: {"c": [pos, d_sae], "e": [pos, d_in]}.
+    """
+    if keep is None:
+        return lambda x, hook: x
+    return gated_hook(sae, keep.float()[None], {k: v[None] for k, v in mean.items()})
