@@ -121,22 +121,30 @@ def _pages() -> list[str]:
 
 
 @contextlib.contextmanager
-def _browser_on(workspace: Path):
-    """A page of headless Chromium (1400 px wide) and the port of `saebench app` serving the
-    workspace; both stopped on exit."""
+def chromium_on(workspace: Path, args: list[str] = CHROMIUM_ARGS):
+    """Headless Chromium and the port of `saebench app` serving the workspace; both stopped
+    on exit, the server even when the browser never starts."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     port = _free_port()
     proc = _serve(workspace, port)
     try:
         _wait_healthy(proc, port)
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            # Tall enough that a full-page screenshot holds the whole page (the main column
-            # scrolls inside the viewport, not the document).
-            yield browser.new_page(viewport={"width": 1400, "height": 4000}), port
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=args)
+            yield browser, port
             browser.close()
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def _browser_on(workspace: Path):
+    """A page of headless Chromium (1400 px wide) and the port of `saebench app` serving the
+    workspace."""
+    with chromium_on(workspace) as (browser, port):
+        # Tall enough that a full-page screenshot holds the whole page (the main column
+        # scrolls inside the viewport, not the document).
+        yield browser.new_page(viewport={"width": 1400, "height": 4000}), port
 
 
 def _check_page(page, name: str, out: Path) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dictionary_workspace import make_dictionary_workspace
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _serve, _wait_healthy
+from test_app_browser import CHROMIUM, CHROMIUM_ARGS, chromium_on
 
 import saebench.feature_map as fm
 
@@ -24,27 +24,17 @@ POINT_JS = """([x, y]) => {
 
 
 def test_clicking_a_map_point_opens_its_feature_page(tmp_path, monkeypatch):
-    sync_api = pytest.importorskip("playwright.sync_api")
     ws = make_dictionary_workspace(tmp_path / "ws")
     monkeypatch.setattr(fm, "embed", lambda W, s=None: np.ascontiguousarray(W[:, :2]))
     table = fm.read_feature_map(fm.build_feature_map(ws / "saes" / "sae-a").parent)
     x, y = float(table["x"][LATENT].as_py()), float(table["y"][LATENT].as_py())
-    port = _free_port()
-    proc = _serve(ws, port)
-    try:
-        _wait_healthy(proc, port)
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.goto(f"http://localhost:{port}/feature_map?sae=sae-a")
-            page.locator(".js-plotly-plot .legendtext").first.wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)  # the WebGL draw follows the SVG legend
-            page.screenshot(path=str(tmp_path / "feature_map.png"))
-            px, py = page.evaluate(POINT_JS, [x, y])
-            page.mouse.click(px, py)
-            page.get_by_text(f"Latent {LATENT}").first.wait_for(timeout=60_000)
-            assert f"latent={LATENT}" in page.url and "/feature" in page.url
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with chromium_on(ws, ARGS) as (browser, port):
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(f"http://localhost:{port}/feature_map?sae=sae-a")
+        page.locator(".js-plotly-plot .legendtext").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)  # the WebGL draw follows the SVG legend
+        page.screenshot(path=str(tmp_path / "feature_map.png"))
+        px, py = page.evaluate(POINT_JS, [x, y])
+        page.mouse.click(px, py)
+        page.get_by_text(f"Latent {LATENT}").first.wait_for(timeout=60_000)
+        assert f"latent={LATENT}" in page.url and "/feature" in page.url

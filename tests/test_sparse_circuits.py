@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from planted_key import HOOK, HOOKS, KEYS, PER_TEMPLATE, PlantedKey, planted_case, write_sae
 
 from saebench.circuits import positional as P
 from saebench.circuits.attribution import node_effects
@@ -22,79 +23,15 @@ from saebench.circuits.positional_sweep import evaluate as evaluate_grouped
 from saebench.circuits.saes import load_set
 from saebench.cli import main as cli
 from saebench.tasks import TASKS, get_task
-from saebench.tasks.base import LogitDiffTask, TaskBatch, pad_pairs
 from store.errors import UserError
 from store.models import load_model
-from trainers.saelens_format import save_sae
-from trainers.topk import TopKConfig, TopKSAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-HOOK = "blocks.0.hook_resid_pre"  # the token embedding: rotary models add no position here
-HOOKS = ("blocks.0.hook_resid_mid", "blocks.0.hook_resid_post")
-PER_TEMPLATE = 6
-KEYS, CORRUPT_KEY = (300, 301), 302
-
-
-def _write_sae(folder: Path, hook: str, seed: int) -> Path:
-    """A random TopK SAE (d_in 32 of random:tiny, 64 latents, k 8) saved for `hook`."""
-    sae = TopKSAE(32, TopKConfig(d_sae=64, k=8), generator=torch.Generator().manual_seed(seed))
-    meta = {"model_name": "random:tiny", "hook_name": hook}
-    save_sae(folder, sae.export_saelens(1.0), d_in=32, d_sae=64, meta=meta, run={})
-    return folder
-
-
-class PlantedKey(LogitDiffTask):
-    """Two templates of fixed fillers (12 and 20 tokens) ending in a key token, 300 or 301;
-    corrupt prompts end in 302. Within a template only the last position varies."""
-
-    name = "planted_key"
-    summary = "two templates whose prompts differ only in the last token"
-    fillers = (tuple(range(11, 23)), tuple(range(31, 51)))
-
-    def _pairs(self, t: int) -> tuple[list, list]:
-        keys = [KEYS[i % 2] for i in range(PER_TEMPLATE)]
-        clean = [[0, *self.fillers[t], k] for k in keys]
-        return clean, [[*c[:-1], CORRUPT_KEY] for c in clean]
-
-    def _batch(self, clean: list, corrupt: list) -> TaskBatch:
-        n = len(clean)
-        return pad_pairs(clean, corrupt, [100] * n, [200] * n, ("",) * n, pad=1)
-
-    def batch(self, tokenizer, n: int, seed: int) -> TaskBatch:
-        (c0, k0), (c1, k1) = self._pairs(0), self._pairs(1)
-        return self._batch(c0 + c1, k0 + k1)
-
-    def template_batches(self, tokenizer, n: int, seed: int) -> list:
-        return [(self._batch(*self._pairs(t)),
-                 ("BOS", *(f"t{t}w{i}" for i in range(len(f))), "end"))
-                for t, f in enumerate(self.fillers)]
-
-
-def _token_sae(folder: Path, model, vocab: list[int]) -> Path:
-    """An exact SAE at the embedding: one latent per token of `vocab` (decoder row = its
-    unit embedding), k = 1, so every node is a token identity and the error is ~0."""
-    w = model.W_E[vocab].detach()
-    w = w / w.norm(dim=1, keepdim=True)
-    tensors = {"W_enc": w.t().contiguous(), "b_enc": torch.zeros(len(vocab)),
-               "W_dec": w.contiguous(), "b_dec": torch.zeros(w.shape[1])}
-    save_sae(folder, ("topk", {"k": 1, "rescale_acts_by_decoder_norm": False}, tensors),
-             d_in=w.shape[1], d_sae=len(vocab), run={},
-             meta={"model_name": "random:tiny", "hook_name": HOOK})
-    return folder
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    torch.manual_seed(0)
-    model = load_model("random:tiny")
-    task = PlantedKey()
-    vocab = [0, *task.fillers[0], *task.fillers[1], *KEYS, CORRUPT_KEY, *range(400, 420)]
-    sae = _token_sae(tmp_path_factory.mktemp("sparse") / "sae", model, vocab)
-    sset, model = load_set([sae], model)
-    groups = P.template_groups(task, model.tokenizer, 2 * PER_TEMPLATE, 0)
-    g = P.role_effects(model, sset, task, groups, progress=False)
-    return model, sset, task, g, vocab
+    return planted_case(tmp_path_factory.mktemp("sparse"))
 
 
 def test_planted_effect_lives_at_the_end_position(planted):
@@ -171,7 +108,7 @@ def cli_run(planted, tmp_path_factory):
     """(workspace, record) of `saebench circuits --by-template --per-position` on the plant's
     task with random SAEs at two hooks (so there are edges)."""
     ws = tmp_path_factory.mktemp("cli")
-    folders = [str(_write_sae(ws / "saes" / f"s{i}", h, seed=i)) for i, h in enumerate(HOOKS)]
+    folders = [str(write_sae(ws / "saes" / f"s{i}", h, seed=i)) for i, h in enumerate(HOOKS)]
     out = ws / "c.json"
     args = ["circuits", "--saes", *folders, "--task", PlantedKey.name, "--no-check-task",
             "--by-template", "--per-position", "--thresholds", "0.05", "--edge-pairs", "4",
@@ -237,7 +174,7 @@ def test_edges_of_all_nodes_sum_to_upstream_effects(planted, tmp_path, kind):
     # Known answer (as in test_circuits): with every node kept, the edges out of a residual
     # hook sum to its attribution effects, here pooled over template groups by role.
     model = planted[0]
-    folders = [_write_sae(tmp_path / f"s{i}", h, seed=i) for i, h in enumerate(HOOKS)]
+    folders = [write_sae(tmp_path / f"s{i}", h, seed=i) for i, h in enumerate(HOOKS)]
     sset, model = load_set(folders, model)
     task = ShortKey()
     g = P.role_effects(model, sset, task, P.template_groups(task, None, 0, 0), progress=False)
@@ -252,84 +189,3 @@ def test_edges_of_all_nodes_sum_to_upstream_effects(planted, tmp_path, kind):
     eff = attr.effects[HOOKS[0]]
     per_node = eff[k[:, 1]] if kind == "summed" else eff[k[:, 0], k[:, 1]]
     assert torch.allclose(w.sum(0), per_node, atol=1e-4 * per_node.abs().max().item())
-
-
-# --- learned masks (saebench.circuits.mask) --------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["role", "summed"])
-def test_mask_runner_is_the_hard_ablation(planted, tmp_path, kind):
-    # The batched, right-padded gated forward from a cached prefix must give exactly the
-    # reference ablation's metric for hard 0/1 gates. Hooks in block 1, so the prefix (block 0)
-    # is really skipped, and two of them, so the second SAE sees the first one's ablation.
-    from saebench.circuits import mask as M
-    from saebench.circuits.gated_run import Runner
-
-    model = planted[0]
-    hooks = ("blocks.1.hook_resid_mid", "blocks.1.hook_resid_post")
-    folders = [_write_sae(tmp_path / f"s{i}", h, seed=i) for i, h in enumerate(hooks)]
-    sset, model = load_set(folders, model)
-    task = PlantedKey()
-    g = P.role_effects(model, sset, task, P.template_groups(task, None, 0, 0), progress=False)
-    run = Runner(model, sset, task, g)
-    rows = 1 if kind == "summed" else len(g.roles)
-    ones = {h: torch.ones(rows, s.d_sae + 1) for h, s in sset.items()}
-    full = P.grouped_metric(model, sset, task, g, None)
-    assert run.gated(ones, kind).item() == pytest.approx(full, rel=1e-5)
-    gen = torch.Generator().manual_seed(0)
-    logits = {h: torch.randn(rows, s.d_sae + 1, generator=gen) for h, s in sset.items()}
-    gates = {h: (t > 0).float() for h, t in logits.items()}
-    ref = P.grouped_metric(model, sset, task, g, M.hard(logits, kind))
-    assert ref != pytest.approx(full, rel=1e-3)  # the ablation does change the metric
-    assert run.gated(gates, kind).item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
-    # Counterfactual ablation: with every gate closed the residual stream at the first hook
-    # is the corrupt prompt's, so the metric is the corrupt prompts' metric.
-    cf = Runner(model, sset, task, g, "corrupt")
-    closed = {h: torch.zeros_like(v) for h, v in ones.items()}
-    corrupt = sum(grp.weight * grp.attr.corrupt_metric.mean().item() for grp in g.groups)
-    assert corrupt != pytest.approx(full, rel=1e-3)
-    assert cf.gated(closed, kind).item() == pytest.approx(corrupt, rel=1e-5, abs=1e-6)
-    assert cf.gated(ones, kind).item() == pytest.approx(full, rel=1e-5)
-
-
-@pytest.mark.parametrize("batch_pairs", [None, 4])
-def test_mask_finds_the_planted_two_node_circuit(planted, batch_pairs):
-    # Known answer: only the key token at the end carries the behaviour, so the λ path must
-    # close every other gate and keep exactly the two key latents at the end, faithfully;
-    # also when each step sees only 4 of the 12 pairs.
-    from saebench.circuits import mask as M
-
-    model, sset, task, g, vocab = planted
-    settings = M.MaskSettings(lambdas=(1e-4, 1e-3, 1e-2), steps=40, seed=0,
-                              batch_pairs=batch_pairs)
-    path = M.learn(model, sset, task, g, "role", settings, progress=False)
-    sizes = [sum(len(k) for k in c.values()) for _, c in path.circuits]
-    assert sizes == sorted(sizes, reverse=True)
-    end = g.roles.index("end")
-    last = path.circuits[-1][1][HOOK]
-    assert sorted(last.tolist()) == [[end, vocab.index(k)] for k in KEYS]
-    empty = P.grouped_metric(model, sset, task, g, {HOOK: torch.zeros(0, 2, dtype=torch.long)})
-    full = P.grouped_metric(model, sset, task, g, None)
-    faith = (P.grouped_metric(model, sset, task, g, path.circuits[-1][1]) - empty) / (full - empty)
-    assert faith >= 0.8
-
-
-def test_cli_mask_needs_templates_and_records_the_lambda_path(planted, tmp_path, capsys):
-    folders = [str(_write_sae(tmp_path / "saes" / f"s{i}", h, seed=i))
-               for i, h in enumerate(HOOKS)]
-    base = ["circuits", "--saes", *folders, "--task", PlantedKey.name, "--no-check-task",
-            "--method", "mask", "--mask-steps", "2", "--mask-batch", "8", "--no-edges"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(TASKS, PlantedKey.name, PlantedKey())
-        assert cli(base) == 2
-        assert "--by-template" in capsys.readouterr().err
-        out = tmp_path / "m.json"
-        assert cli([*base, "--by-template", "--out", str(out)]) == 0
-    rec = json.loads(out.read_text())
-    sweep = rec["faithfulness"]["sweep"]
-    assert rec["settings"]["method"] == "mask" and len(sweep) == len(rec["mask"]) == 12
-    assert [r["threshold"] for r in sweep] == [m["lambda"] for m in rec["mask"]]
-    assert rec["summary"]["n_nodes"] == len(rec["nodes"])
-    assert rec["faithfulness"]["ablate"] == "mean"
-    smallest = min(sweep, key=lambda r: r["n_nodes"])
-    assert rec["summary"]["n_nodes"] >= smallest["n_nodes"]
