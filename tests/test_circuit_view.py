@@ -155,3 +155,30 @@ def test_workspace_without_circuits_is_one_info_line(tmp_path, monkeypatch):
     at = _app(tmp_path, monkeypatch)
     assert len(at.info) == 1 and "No circuits" in at.info[0].value
     assert not at.get("plotly_chart")
+
+
+def test_big_circuits_draw_their_largest_nodes_and_every_hook_tick(circuit):
+    # Past max_nodes the graph keeps every error node and the largest latents by |effect|,
+    # draws only edges between drawn nodes, and says so in its title.
+    from saebench.circuits.plot import hook_tick, shown_nodes
+
+    _, rec, _ = circuit
+    n = len(rec["nodes"])
+    errors = [x for x in rec["nodes"] if x["latent"] == "error"]
+    cap = len(errors) + 3
+    assert n > cap
+    shown = shown_nodes(rec, cap)
+    assert len(shown) == cap and all(e in shown for e in errors)
+    latents = sorted((abs(x["effect"]) for x in rec["nodes"] if x["latent"] != "error"),
+                     reverse=True)
+    assert sorted((abs(x["effect"]) for x in shown if x["latent"] != "error"),
+                  reverse=True) == latents[:3]
+    fig = circuit_figure(rec, max_nodes=cap)
+    assert len(fig.data[-1].x) == cap and f"of {n:,} nodes" in fig.layout.title.text
+    assert len(circuit_figure(rec).data[-1].x) == n and "largest" not in (
+        circuit_figure(rec).layout.title.text)
+    # Every hook has its own two-line tick: plotly hides one-line labels that would overlap.
+    assert list(fig.layout.xaxis.ticktext) == [hook_tick(h) for h in rec["hooks"]]
+    assert hook_tick("blocks.6.hook_resid_post") == "blocks.6<br>hook_resid_post"
+    assert hook_tick("blocks.2.attn.hook_z") == "blocks.2.attn<br>hook_z"
+    assert hook_tick("hook_embed") == "hook_embed"

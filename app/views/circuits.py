@@ -8,7 +8,7 @@ import streamlit as st
 from app import charts, common
 from app.data import Catalog, sae_names
 from saebench.circuits.output import from_catalog
-from saebench.circuits.plot import circuit_figure, clicked_node, faithfulness_figure
+from saebench.circuits.plot import MAX_NODES, circuit_figure, clicked_node, faithfulness_figure
 
 GRAPH, JUMP = "circuit_graph", "_circuit_jump"
 MAX_LISTED = 50  # node buttons; the graph's hover shows the rest
@@ -92,7 +92,10 @@ st.caption("The first two: the smallest swept circuit past 80% faithfulness. The
 st.plotly_chart(faithfulness_figure(sweep, head["nodes_for_80"]), key="circuit_faith")
 
 st.subheader("Graph")
-st.caption("Click a latent (circle) to open its feature page; squares are error nodes.")
+big = len(rec["nodes"]) > MAX_NODES
+st.caption("Click a latent (circle) to open its feature page; squares are error nodes."
+           + (f" The graph draws the {MAX_NODES} largest nodes by |effect|, error nodes "
+              "always; the SQL view `circuit_nodes` has every node." if big else ""))
 st.plotly_chart(circuit_figure(rec), on_select=_on_select, selection_mode="points", key=GRAPH)
 
 st.subheader("Nodes")
@@ -113,4 +116,5 @@ for i, n in enumerate(node_rows[:MAX_LISTED]):
     else:
         st.write(f"{text} (SAE not in this workspace)")
 if len(node_rows) > MAX_LISTED:
-    st.caption(f"{len(node_rows) - MAX_LISTED} smaller nodes not listed (see the graph).")
+    st.caption(f"{len(node_rows) - MAX_LISTED:,} smaller nodes not listed: "
+               + ("the SQL view `circuit_nodes` has them all." if big else "see the graph."))

@@ -9,14 +9,41 @@ from __future__ import annotations
 import html
 from collections import defaultdict
 
+MAX_NODES = 150
+"""Nodes drawn at most: past a few hundred, a column per hook is a solid bar that no hover
+can pick from. The largest |effect| ones are drawn, error nodes always."""
 
-def _layout(rec: dict) -> dict[tuple, tuple[float, float]]:
+
+def _key(n: dict) -> tuple:
+    return n["hook"], n["latent"], n["pos"]
+
+
+def shown_nodes(rec: dict, max_nodes: int = MAX_NODES) -> list[dict]:
+    """The record's nodes the graph draws: every error node, then latents by |effect|, up to
+    max_nodes in all; in the record's order."""
+    if len(rec["nodes"]) <= max_nodes:
+        return list(rec["nodes"])
+    errors = [n for n in rec["nodes"] if n["latent"] == "error"]
+    latents = sorted((n for n in rec["nodes"] if n["latent"] != "error"),
+                     key=lambda n: -abs(n["effect"]))
+    keep = {_key(n) for n in errors + latents[: max(0, max_nodes - len(errors))]}
+    return [n for n in rec["nodes"] if _key(n) in keep]
+
+
+def hook_tick(hook: str) -> str:
+    """A hook name on two lines (`blocks.6<br>hook_resid_post`), so that the ticks of four or
+    more columns fit side by side; plotly drops labels that would overlap."""
+    head, dot, tail = hook.partition(".hook_") if ".hook_" in hook else hook.rpartition(".")
+    return f"{head}<br>{dot.lstrip('.')}{tail}" if dot else hook
+
+
+def _layout(nodes: list[dict], hooks: list[str]) -> dict[tuple, tuple[float, float]]:
     """(hook, latent, pos) -> (x, y): hooks left to right, largest |effect| at the top."""
     by_hook: dict[str, list[dict]] = defaultdict(list)
-    for n in rec["nodes"]:
+    for n in nodes:
         by_hook[n["hook"]].append(n)
     xy = {}
-    for x, hook in enumerate(rec["hooks"]):
+    for x, hook in enumerate(hooks):
         nodes = sorted(by_hook[hook], key=lambda n: -abs(n["effect"]))
         for y, n in enumerate(nodes):
             xy[(hook, n["latent"], n["pos"])] = (float(x), -float(y))
@@ -35,21 +62,24 @@ def _hover(n: dict) -> str:
     return out
 
 
-def circuit_figure(rec: dict, max_edges: int = 300):
-    """A plotly Figure of the nodes (size ∝ |effect|, colour = sign) and strongest edges."""
+def circuit_figure(rec: dict, max_edges: int = 300, max_nodes: int = MAX_NODES):
+    """A plotly Figure of the nodes (size ∝ |effect|, colour = sign) and strongest edges;
+    the largest max_nodes nodes only (shown_nodes), and the edges between them."""
     import plotly.graph_objects as go
 
-    xy = _layout(rec)
+    nodes = shown_nodes(rec, max_nodes)
+    xy = _layout(nodes, rec["hooks"])
     folder = dict(zip(rec["hooks"], rec["saes"], strict=True))
     fig = go.Figure()
-    edges = sorted(rec["edges"], key=lambda e: -abs(e["weight"]))[:max_edges]
+    drawn = [e for e in rec["edges"]
+             if _key(e["up"]) in xy and _key(e["down"]) in xy]
+    edges = sorted(drawn, key=lambda e: -abs(e["weight"]))[:max_edges]
     top = max((abs(e["weight"]) for e in edges), default=1.0) or 1.0
     # One trace per (sign, width bucket), segments split by None: thousands of one-edge traces
     # make plotly slow.
     groups: dict[tuple[bool, int], tuple[list, list]] = defaultdict(lambda: ([], []))
     for e in edges:
-        a = xy[(e["up"]["hook"], e["up"]["latent"], e["up"]["pos"])]
-        b = xy[(e["down"]["hook"], e["down"]["latent"], e["down"]["pos"])]
+        a, b = xy[_key(e["up"])], xy[_key(e["down"])]
         xs, ys = groups[(e["weight"] > 0, min(3, int(4 * abs(e["weight"]) / top)))]
         xs += [a[0], b[0], None]
         ys += [a[1], b[1], None]
@@ -57,9 +87,8 @@ def circuit_figure(rec: dict, max_edges: int = 300):
         colour = "rgba(31,119,180,0.5)" if positive else "rgba(214,39,40,0.5)"
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                  line={"width": 0.5 + 1.5 * bucket, "color": colour}))
-    nodes = rec["nodes"]
     big = max((abs(n["effect"]) for n in nodes), default=1.0) or 1.0
-    keys = [(n["hook"], n["latent"], n["pos"]) for n in nodes]
+    keys = [_key(n) for n in nodes]
     fig.add_trace(go.Scatter(
         x=[xy[k][0] for k in keys], y=[xy[k][1] for k in keys], mode="markers",
         marker={"size": [6 + 18 * abs(n["effect"]) / big for n in nodes],
@@ -69,11 +98,17 @@ def circuit_figure(rec: dict, max_edges: int = 300):
         text=[_hover(n) for n in nodes],
         hoverinfo="text", showlegend=False,
     ))
+    column = max((sum(k[0] == h for k in keys) for h in rec["hooks"]), default=0)
+    total = len(rec["nodes"])
+    shown = (f"{total:,} nodes" if len(nodes) == total
+             else f"the largest {len(nodes):,} of {total:,} nodes")
     fig.update_layout(
-        title=f"{rec['task']} circuit on {rec['model']} ({len(nodes)} nodes, "
-              f"{len(rec['edges'])} edges)",
-        xaxis={"tickvals": list(range(len(rec["hooks"]))), "ticktext": rec["hooks"]},
+        title=f"{rec['task']} circuit on {rec['model']} ({shown}, {len(rec['edges']):,} edges)",
+        xaxis={"tickvals": list(range(len(rec["hooks"]))),
+               "ticktext": [hook_tick(h) for h in rec["hooks"]]},
         yaxis={"visible": False}, plot_bgcolor="white",
+        # ~14 px per node of the longest column, so that neighbours can be told apart.
+        height=max(450, min(1400, 14 * column + 150)),
     )
     return fig
 
