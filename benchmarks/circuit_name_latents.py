@@ -22,16 +22,13 @@ name, which no circuit that must hold for every name can drop.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
-from mask_names_check import groups
+from mask_names_check import groups, saved_path
 
 from saebench.circuits import positional as P
 from saebench.circuits.gated_run import Runner
-from saebench.circuits.saes import load_set
 from saebench.tasks import get_task
 from saebench.tasks.base import single_tokens
 from saebench.tasks.ioi import NAMES
@@ -81,16 +78,8 @@ def name_latents(model, sset, grs, name_ids: list[int]) -> dict[str, torch.Tenso
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--circuits", type=Path, required=True)
-    ap.add_argument("--saes", nargs="+", help="default: the SAE folders beside the circuits file")
-    ap.add_argument("--out", type=Path)
-    a = ap.parse_args()
-    saved = torch.load(a.circuits, weights_only=False)
-    saes = a.saes or [str(a.circuits.parent / "saes" / f"L{h.split('.')[1]}-topk")
-                      for h in saved["hooks"]]
+    a, saved, sset, model = saved_path(__doc__)
     task = get_task("ioi")
-    sset, model = load_set(saes, device="cpu")
     tok, n, seed = model.tokenizer, saved["n"], saved["seed"]
     name_ids = sorted(set(single_tokens(tok, NAMES).values()))
     fit = groups(tok, n, seed, None)

@@ -50,8 +50,10 @@ def groups(tokenizer, n: int, seed: int, redraw: str | None) -> list:
     return template_groups(tokenizer, n, seed, edit if redraw else None)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def saved_path(doc: str):
+    """(arguments, the saved λ path, its SAE set, the model) for the scripts that score a
+    saved path (this one and circuit_name_latents.py): --circuits, --saes, --out."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--circuits", type=Path, required=True)
     ap.add_argument("--saes", nargs="+", help="default: the SAE folders beside the circuits file")
     ap.add_argument("--out", type=Path)
@@ -59,8 +61,13 @@ def main() -> None:
     saved = torch.load(a.circuits, weights_only=False)
     saes = a.saes or [str(a.circuits.parent / "saes" / f"L{h.split('.')[1]}-topk")
                       for h in saved["hooks"]]
-    task = get_task("ioi")
     sset, model = load_set(saes, device="cpu")
+    return a, saved, sset, model
+
+
+def main() -> None:
+    a, saved, sset, model = saved_path(__doc__)
+    task = get_task("ioi")
     tok, n, seed = model.tokenizer, saved["n"], saved["seed"]
     sets = {"fit": groups(tok, n, seed, None), "new fillers": groups(tok, n, seed, "fillers"),
             "new names": groups(tok, n, seed, "names"),
