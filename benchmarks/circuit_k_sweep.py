@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 import torch
-from mask_circuits_bench import n80
+from mask_circuits_bench import n80, scorer
 
 from saebench.circuits import positional as P
 from saebench.circuits.gated_run import Runner
@@ -37,16 +37,13 @@ def fve(folder: str) -> float | None:
     path = Path(folder) / "evals" / "core.json"
     if not path.exists():
         return None
-    flat = json.dumps(json.loads(path.read_text()))
-    key = '"explained_variance": '
-    return float(flat.split(key, 1)[1].split(",")[0].rstrip("}")) if key in flat else None
+    return json.loads(path.read_text())["metrics"].get("explained_variance")
 
 
 def errors_only(run: Runner) -> float:
     """Faithfulness of the circuit whose only nodes are the error nodes."""
-    full, empty = run.hard(None, "summed"), run.hard(run.closed(), "summed")
-    kept = {h: torch.tensor([[-1, d]]) for h, d in run.sizes.items()}
-    return (run.hard(kept, "summed") - empty) / (full - empty)
+    faith, _, _ = scorer(run)
+    return faith({h: torch.tensor([[-1, d]]) for h, d in run.sizes.items()})
 
 
 def main() -> None:

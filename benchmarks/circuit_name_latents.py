@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 
 import torch
+from mask_circuits_bench import scorer
 from mask_names_check import groups, saved_path
 
 from saebench.circuits import positional as P
@@ -89,11 +90,8 @@ def main() -> None:
           + ", ".join(f"{h.split('.')[1]}: {len(v)}" for h, v in lexicon.items()))
 
     new_names = groups(tok, n, seed, "names")
-    run = Runner(model, sset, task, P.role_effects(model, sset, task, new_names, progress=False))
-    full, empty = run.hard(None, "summed"), run.hard(run.closed(), "summed")
-
-    def faith(kept):
-        return (run.hard(kept, "summed") - empty) / (full - empty)
+    faith, _, _ = scorer(Runner(model, sset, task,
+                                P.role_effects(model, sset, task, new_names, progress=False)))
 
     def every(nodes):
         return torch.stack([torch.full_like(nodes, -1), nodes], 1)

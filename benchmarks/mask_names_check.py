@@ -23,6 +23,7 @@ import random
 from pathlib import Path
 
 import torch
+from mask_circuits_bench import scorer
 
 from saebench.circuits import positional as P
 from saebench.circuits.gated_run import Runner
@@ -74,10 +75,9 @@ def main() -> None:
             "held-out": groups(tok, 40, seed + 1, None)}
     scores = {}
     for name, grs in sets.items():
-        run = Runner(model, sset, task, P.role_effects(model, sset, task, grs, progress=False))
-        full, empty = run.hard(None, "summed"), run.hard(run.closed(), "summed")
-        scores[name] = [(run.hard(k, "summed") - empty) / (full - empty)
-                        for _, k in saved["path"].circuits]
+        faith, _, _ = scorer(Runner(model, sset, task,
+                                    P.role_effects(model, sset, task, grs, progress=False)))
+        scores[name] = [faith(k) for _, k in saved["path"].circuits]
     rows = []
     print("| λ | nodes | " + " | ".join(sets) + " |")
     print("|---|---|" + "---|" * len(sets))

@@ -7,7 +7,7 @@ node to its feature page.
 from __future__ import annotations
 
 import html
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 MAX_NODES = 150
 """Nodes drawn at most: past a few hundred, a column per hook is a solid bar that no hover
@@ -44,9 +44,8 @@ def _layout(nodes: list[dict], hooks: list[str]) -> dict[tuple, tuple[float, flo
         by_hook[n["hook"]].append(n)
     xy = {}
     for x, hook in enumerate(hooks):
-        nodes = sorted(by_hook[hook], key=lambda n: -abs(n["effect"]))
-        for y, n in enumerate(nodes):
-            xy[(hook, n["latent"], n["pos"])] = (float(x), -float(y))
+        for y, n in enumerate(sorted(by_hook[hook], key=lambda n: -abs(n["effect"]))):
+            xy[_key(n)] = (float(x), -float(y))
     return xy
 
 
@@ -98,7 +97,7 @@ def circuit_figure(rec: dict, max_edges: int = 300, max_nodes: int = MAX_NODES):
         text=[_hover(n) for n in nodes],
         hoverinfo="text", showlegend=False,
     ))
-    column = max((sum(k[0] == h for k in keys) for h in rec["hooks"]), default=0)
+    column = max(Counter(k[0] for k in keys).values(), default=0)
     total = len(rec["nodes"])
     shown = (f"{total:,} nodes" if len(nodes) == total
              else f"the largest {len(nodes):,} of {total:,} nodes")
